@@ -1,0 +1,324 @@
+"""Model configuration: frozen dataclasses, one per pipeline stage, and named presets.
+
+Every knob that differs between the paper, torchvision and detectron2 is a field here, so
+that a reference model's quirks are configuration, not code paths. ``build_model(cfg)`` in
+``maskrcnn.modeling`` wires modules from a :class:`ModelConfig`; nothing is looked up by name.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+NormKind = Literal["frozen_bn", "bn", "gn", "none"]
+PoolerKind = Literal["align", "align_max", "warp", "pool"]
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class InputConfig:
+    """Pre-processing: resize, normalise, pad.
+
+    Images arrive as RGB float tensors in [0, 1]. They are multiplied by ``pixel_scale``,
+    reordered to ``channel_order`` and normalised with ``pixel_mean``/``pixel_std`` (given in
+    that scaled space and order).
+    """
+
+    min_size: tuple[int, ...] = (800,)  # training picks one at random; test uses the last
+    max_size: int = 1333
+    pixel_scale: float = 1.0  # 255.0 for detectron2 weights
+    channel_order: Literal["RGB", "BGR"] = "RGB"
+    pixel_mean: tuple[float, float, float] = IMAGENET_MEAN
+    pixel_std: tuple[float, float, float] = IMAGENET_STD
+    size_divisibility: int = 32
+
+
+@dataclass(frozen=True)
+class BackboneConfig:
+    """ResNet / ResNeXt bottom-up network."""
+
+    depth: Literal[18, 34, 50, 101, 152] = 50
+    groups: int = 1  # 32 for ResNeXt-101 32x8d
+    width_per_group: int = 64  # 8 for ResNeXt-101 32x8d
+    norm: NormKind = "frozen_bn"
+    norm_eps: float = 1e-5
+    gn_groups: int = 32
+    freeze_at: int = 2  # 0: nothing frozen, 1: stem, 2: stem + res2, ... 5: everything
+    stride_in_1x1: bool = False  # True: MSRA/detectron2 style (stride in the 1x1 conv)
+
+
+@dataclass(frozen=True)
+class FPNConfig:
+    """Feature pyramid: P2-P5 from C2-C5, P6 by stride-2 subsampling of P5."""
+
+    out_channels: int = 256
+    norm: NormKind = "none"  # "bn" for torchvision's v2 model
+
+
+@dataclass(frozen=True)
+class AnchorConfig:
+    """Anchors: one size tuple per feature level, shared aspect ratios (h / w)."""
+
+    sizes: tuple[tuple[float, ...], ...] = ((32,), (64,), (128,), (256,), (512,))
+    aspect_ratios: tuple[float, ...] = (0.5, 1.0, 2.0)
+    round_base_anchors: bool = True  # torchvision rounds the base anchors; detectron2 does not
+    offset: float = 0.0  # anchor centres at (i + offset) * stride
+    # torchvision derives each level's stride as padded_image_size // grid_size (61 rather than
+    # 64 for P6 of an 800-pixel side); detectron2 uses the nominal stride.
+    strides_from_grid: bool = False
+
+
+@dataclass(frozen=True)
+class RPNConfig:
+    """Region proposal network: head, proposal selection, and (training) anchor sampling."""
+
+    num_convs: int = 1  # 3x3 convs before the predictors (torchvision v2: 2, with BN)
+    conv_norm: NormKind = "none"
+    pre_nms_topk_train: int = 2000  # per level
+    pre_nms_topk_test: int = 1000  # per level
+    post_nms_topk_train: int = 2000  # per image
+    post_nms_topk_test: int = 1000  # per image
+    nms_thresh: float = 0.7
+    min_size: float = 1e-3
+    score_thresh: float = 0.0
+    fg_iou_thresh: float = 0.7
+    bg_iou_thresh: float = 0.3
+    batch_size_per_image: int = 256
+    positive_fraction: float = 0.5
+    box_coder_weights: tuple[float, float, float, float] = (1.0, 1.0, 1.0, 1.0)
+    smooth_l1_beta: float = 1.0 / 9
+
+
+@dataclass(frozen=True)
+class PoolerConfig:
+    """Multi-level RoI pooling: which operator, and the FPN level rule."""
+
+    output_size: int = 7
+    op: PoolerKind = "align"
+    sampling_ratio: int = 2
+    aligned: bool = False
+    canonical_box_size: int = 224
+    canonical_level: int = 4
+    level_eps: float = 1e-6  # torchvision adds 1e-6 to the log; detectron2 adds 1e-8 inside it
+
+
+@dataclass(frozen=True)
+class BoxHeadConfig:
+    """Fast R-CNN head: pooled features -> class scores and class-specific box deltas."""
+
+    pooler: PoolerConfig = field(default_factory=PoolerConfig)
+    num_convs: int = 0  # torchvision v2: 4 convs of 256 with BN before one FC
+    conv_dim: int = 256
+    conv_norm: NormKind = "none"
+    num_fc: int = 2
+    fc_dim: int = 1024
+    box_coder_weights: tuple[float, float, float, float] = (10.0, 10.0, 5.0, 5.0)
+    score_thresh: float = 0.05
+    nms_thresh: float = 0.5
+    detections_per_image: int = 100
+    min_box_size: float = 1e-2
+    fg_iou_thresh: float = 0.5
+    bg_iou_thresh: float = 0.5
+    batch_size_per_image: int = 512
+    positive_fraction: float = 0.25
+    smooth_l1_beta: float = 1.0 / 9
+
+
+@dataclass(frozen=True)
+class MaskHeadConfig:
+    """The mask branch: a small FCN on each RoI, one 28x28 mask per class."""
+
+    pooler: PoolerConfig = field(default_factory=lambda: PoolerConfig(output_size=14))
+    head_type: Literal["fcn", "mlp"] = "fcn"
+    num_convs: int = 4
+    conv_dim: int = 256
+    conv_norm: NormKind = "none"
+    class_agnostic: bool = False
+    loss: Literal["sigmoid", "softmax"] = "sigmoid"
+    # How a 28x28 mask is pasted into the image: torchvision's integer-box method (parity),
+    # or an unquantised grid-sample paste (default for our own models).
+    paste: Literal["torchvision", "grid_sample"] = "grid_sample"
+    threshold: float = 0.5  # used by predict() to binarise masks
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """A whole Mask R-CNN. ``num_classes`` counts the background, which is label 0."""
+
+    num_classes: int = 91
+    head: Literal["fpn", "c4"] = "fpn"
+    input: InputConfig = field(default_factory=InputConfig)
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    fpn: FPNConfig = field(default_factory=FPNConfig)
+    anchors: AnchorConfig = field(default_factory=AnchorConfig)
+    rpn: RPNConfig = field(default_factory=RPNConfig)
+    box_head: BoxHeadConfig = field(default_factory=BoxHeadConfig)
+    mask_head: MaskHeadConfig = field(default_factory=MaskHeadConfig)
+    category_names: tuple[str, ...] = ()  # index = label; "" where a label has no name
+
+    def replace(self, **changes: Any) -> ModelConfig:
+        """Returns a copy with top-level fields replaced."""
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain nested dict (JSON-serialisable)."""
+        return dataclasses.asdict(self)
+
+    @staticmethod
+    def from_dict(data: dict[str, Any]) -> ModelConfig:
+        """Inverse of :meth:`to_dict`; unknown keys raise a ``ValueError`` naming them."""
+        return _from_dict(ModelConfig, data, "config")
+
+
+def _from_dict(cls: type, data: dict[str, Any], where: str) -> Any:
+    if not isinstance(data, dict):
+        raise ValueError(f"{where}: expected a mapping, got {type(data).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise ValueError(f"{where}: unknown field(s) {unknown} for {cls.__name__}")
+    kwargs: dict[str, Any] = {}
+    for name, value in data.items():
+        sub = _NESTED.get((cls, name))
+        if sub is not None:
+            kwargs[name] = _from_dict(sub, value, f"{where}.{name}")
+        else:
+            kwargs[name] = _tupled(value)
+    return cls(**kwargs)
+
+
+def _tupled(value: Any) -> Any:
+    if isinstance(value, list):
+        return tuple(_tupled(v) for v in value)
+    return value
+
+
+_NESTED: dict[tuple[type, str], type] = {
+    (ModelConfig, "input"): InputConfig,
+    (ModelConfig, "backbone"): BackboneConfig,
+    (ModelConfig, "fpn"): FPNConfig,
+    (ModelConfig, "anchors"): AnchorConfig,
+    (ModelConfig, "rpn"): RPNConfig,
+    (ModelConfig, "box_head"): BoxHeadConfig,
+    (ModelConfig, "mask_head"): MaskHeadConfig,
+    (BoxHeadConfig, "pooler"): PoolerConfig,
+    (MaskHeadConfig, "pooler"): PoolerConfig,
+}
+
+
+def override(cfg: ModelConfig, key: str, value: Any) -> ModelConfig:
+    """Returns ``cfg`` with the dotted field ``key`` (e.g. ``"rpn.nms_thresh"``) set."""
+    return _override(cfg, key.split("."), value, key)
+
+
+def _override(node: Any, parts: list[str], value: Any, key: str) -> Any:
+    head, rest = parts[0], parts[1:]
+    if not dataclasses.is_dataclass(node) or head not in {f.name for f in dataclasses.fields(node)}:
+        raise ValueError(f"unknown config key {key!r}")
+    new = _override(getattr(node, head), rest, value, key) if rest else value
+    return dataclasses.replace(node, **{head: new})
+
+
+# ----------------------------------------------------------------------------------------------
+# Presets
+
+
+def r50_fpn(num_classes: int = 91) -> ModelConfig:
+    """ResNet-50-FPN, the paper's main model, with our defaults (aligned RoIAlign)."""
+    aligned = PoolerConfig(output_size=7, sampling_ratio=0, aligned=True)
+    return ModelConfig(
+        num_classes=num_classes,
+        box_head=BoxHeadConfig(pooler=aligned),
+        mask_head=MaskHeadConfig(pooler=dataclasses.replace(aligned, output_size=14)),
+        anchors=AnchorConfig(round_base_anchors=False),
+    )
+
+
+def r101_fpn(num_classes: int = 91) -> ModelConfig:
+    """ResNet-101-FPN."""
+    cfg = r50_fpn(num_classes)
+    return cfg.replace(backbone=dataclasses.replace(cfg.backbone, depth=101))
+
+
+def x101_32x8d_fpn(num_classes: int = 91) -> ModelConfig:
+    """ResNeXt-101 32x8d-FPN."""
+    cfg = r50_fpn(num_classes)
+    return cfg.replace(
+        backbone=dataclasses.replace(cfg.backbone, depth=101, groups=32, width_per_group=8)
+    )
+
+
+def r18_fpn(num_classes: int = 91) -> ModelConfig:
+    """ResNet-18-FPN: a CPU-sized model for small data and quick experiments."""
+    cfg = r50_fpn(num_classes)
+    return cfg.replace(backbone=dataclasses.replace(cfg.backbone, depth=18))
+
+
+def r50_c4(num_classes: int = 91) -> ModelConfig:
+    """ResNet-50-C4: RPN and RoIAlign on C4, res5 as the shared head (paper Figure 4, left).
+
+    One anchor level on C4 (stride 16) with the paper's five sizes; 14x14 RoIs go through res5
+    (stride 2 in its first block) to a 7x7 map shared by the box head and the mask branch.
+    """
+    aligned = PoolerConfig(output_size=14, sampling_ratio=0, aligned=True)
+    return ModelConfig(
+        num_classes=num_classes,
+        head="c4",
+        anchors=AnchorConfig(
+            sizes=((32, 64, 128, 256, 512),),
+            aspect_ratios=(0.5, 1.0, 2.0),
+            round_base_anchors=False,
+        ),
+        rpn=RPNConfig(pre_nms_topk_train=12000, pre_nms_topk_test=6000, post_nms_topk_test=1000),
+        box_head=BoxHeadConfig(pooler=aligned),
+        mask_head=MaskHeadConfig(pooler=aligned, num_convs=0),
+    )
+
+
+PRESETS = {
+    "r50_fpn": r50_fpn,
+    "r101_fpn": r101_fpn,
+    "x101_32x8d_fpn": x101_32x8d_fpn,
+    "r50_c4": r50_c4,
+    "r18_fpn": r18_fpn,
+}
+
+
+def preset(name: str, num_classes: int = 91) -> ModelConfig:
+    """Returns the named preset; an unknown name raises a ``ValueError`` listing the known ones."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
+    return PRESETS[name](num_classes)
+
+
+def torchvision_v1(num_classes: int = 91) -> ModelConfig:
+    """Reproduces torchvision's ``maskrcnn_resnet50_fpn`` exactly (its quirks as configuration).
+
+    FrozenBN eps is 0.0 as for the published COCO_V1 weights; pass ``norm_eps=1e-5`` through
+    ``from_torchvision`` for a model built by torchvision with ``weights=None``.
+    """
+    legacy = PoolerConfig(output_size=7, sampling_ratio=2, aligned=False, level_eps=1e-6)
+    return ModelConfig(
+        num_classes=num_classes,
+        backbone=BackboneConfig(depth=50, norm="frozen_bn", norm_eps=0.0, freeze_at=2),
+        anchors=AnchorConfig(round_base_anchors=True, strides_from_grid=True),
+        box_head=BoxHeadConfig(pooler=legacy),
+        mask_head=MaskHeadConfig(
+            pooler=dataclasses.replace(legacy, output_size=14), paste="torchvision"
+        ),
+    )
+
+
+def torchvision_v2(num_classes: int = 91) -> ModelConfig:
+    """Reproduces torchvision's ``maskrcnn_resnet50_fpn_v2``: BN everywhere, heavier heads."""
+    cfg = torchvision_v1(num_classes)
+    return cfg.replace(
+        backbone=dataclasses.replace(cfg.backbone, norm="bn", norm_eps=1e-5),
+        fpn=FPNConfig(norm="bn"),
+        rpn=dataclasses.replace(cfg.rpn, num_convs=2),  # two plain 3x3 convs, no norm
+        box_head=dataclasses.replace(cfg.box_head, num_convs=4, conv_norm="bn", num_fc=1),
+        mask_head=dataclasses.replace(cfg.mask_head, conv_norm="bn"),
+    )

@@ -1,0 +1,398 @@
+"""ResNet / ResNeXt bottom-up network (He et al. 2016; Xie et al. 2017).
+
+The network is a stem (7x7/2 conv, norm, ReLU, 3x3/2 max pool) followed by four stages
+``res2``..``res5`` of residual blocks, at strides 4, 8, 16 and 32. Depths 18 and 34 use the
+two-conv :class:`BasicBlock`; 50, 101 and 152 use the three-conv :class:`Bottleneck`, whose
+3x3 conv may be grouped (ResNeXt). Every convolution is a :class:`ConvNorm`, so the state dict
+reads ``res3.0.conv2.conv.weight``, ``res3.0.conv2.norm.running_var``,
+``res3.0.shortcut.conv.weight`` and so on; :func:`torchvision_resnet_key` translates
+torchvision's names to these.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from maskrcnn.config import BackboneConfig, NormKind
+from maskrcnn.modeling.layers import ConvNorm, FrozenBatchNorm2d, freeze
+
+BlockKind = Literal["basic", "bottleneck"]
+
+# Blocks per stage (res2, res3, res4, res5) for each depth.
+STAGE_BLOCKS: dict[int, tuple[int, int, int, int]] = {
+    18: (2, 2, 2, 2),
+    34: (3, 4, 6, 3),
+    50: (3, 4, 6, 3),
+    101: (3, 4, 23, 3),
+    152: (3, 8, 36, 3),
+}
+STAGE_NAMES = ("res2", "res3", "res4", "res5")
+STEM_CHANNELS = 64
+
+
+class BasicBlock(nn.Module):
+    """Two 3x3 convs with an identity or 1x1 projection shortcut (ResNet-18/34).
+
+    The stride, if any, is in ``conv1``. ``bottleneck_channels`` is accepted for a uniform
+    interface with :class:`Bottleneck` and must equal ``out_channels``.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        *,
+        bottleneck_channels: int,
+        stride: int = 1,
+        groups: int = 1,
+        norm: NormKind = "frozen_bn",
+        eps: float = 1e-5,
+        gn_groups: int = 32,
+        stride_in_1x1: bool = False,
+    ) -> None:
+        super().__init__()
+        del stride_in_1x1  # there is no 1x1 conv to put the stride in
+        if groups != 1 or bottleneck_channels != out_channels:
+            raise ValueError("BasicBlock supports only groups=1 and width_per_group=64")
+        kw = dict(norm=norm, eps=eps, gn_groups=gn_groups)
+        self.conv1 = ConvNorm(in_channels, out_channels, kernel_size=3, stride=stride, **kw)
+        self.conv2 = ConvNorm(out_channels, out_channels, kernel_size=3, **kw)
+        self.shortcut = _make_shortcut(in_channels, out_channels, stride, **kw)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """x: [N, C_in, H, W] -> [N, C_out, H / stride, W / stride] (rounded up)."""
+        out = F.relu(self.conv1(x))
+        out = self.conv2(out)
+        identity = x if self.shortcut is None else self.shortcut(x)
+        return F.relu(out + identity)
+
+
+class Bottleneck(nn.Module):
+    """1x1 reduce, 3x3 (grouped) and 1x1 expand convs with a shortcut (ResNet-50 and up).
+
+    With ``stride_in_1x1`` the stride sits in ``conv1`` (MSRA / detectron2), otherwise in the
+    3x3 ``conv2`` (torchvision, "ResNet v1.5").
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        *,
+        bottleneck_channels: int,
+        stride: int = 1,
+        groups: int = 1,
+        norm: NormKind = "frozen_bn",
+        eps: float = 1e-5,
+        gn_groups: int = 32,
+        stride_in_1x1: bool = False,
+    ) -> None:
+        super().__init__()
+        kw = dict(norm=norm, eps=eps, gn_groups=gn_groups)
+        stride_1x1, stride_3x3 = (stride, 1) if stride_in_1x1 else (1, stride)
+        self.conv1 = ConvNorm(
+            in_channels, bottleneck_channels, kernel_size=1, stride=stride_1x1, **kw
+        )
+        self.conv2 = ConvNorm(
+            bottleneck_channels,
+            bottleneck_channels,
+            kernel_size=3,
+            stride=stride_3x3,
+            groups=groups,
+            **kw,
+        )
+        self.conv3 = ConvNorm(bottleneck_channels, out_channels, kernel_size=1, **kw)
+        self.shortcut = _make_shortcut(in_channels, out_channels, stride, **kw)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """x: [N, C_in, H, W] -> [N, C_out, H / stride, W / stride] (rounded up)."""
+        out = F.relu(self.conv1(x))
+        out = F.relu(self.conv2(out))
+        out = self.conv3(out)
+        identity = x if self.shortcut is None else self.shortcut(x)
+        return F.relu(out + identity)
+
+
+def _make_shortcut(
+    in_channels: int, out_channels: int, stride: int, **kw: object
+) -> ConvNorm | None:
+    """A strided 1x1 projection when the shape changes, else ``None`` (identity)."""
+    if stride == 1 and in_channels == out_channels:
+        return None
+    return ConvNorm(in_channels, out_channels, kernel_size=1, stride=stride, **kw)
+
+
+def make_stage(
+    *,
+    block_kind: BlockKind,
+    num_blocks: int,
+    in_channels: int,
+    bottleneck_channels: int,
+    out_channels: int,
+    first_stride: int,
+    groups: int = 1,
+    norm: NormKind = "frozen_bn",
+    eps: float = 1e-5,
+    gn_groups: int = 32,
+    stride_in_1x1: bool = False,
+) -> nn.Sequential:
+    """Builds one ResNet stage: ``num_blocks`` residual blocks, the first one strided.
+
+    Block ``b`` is child ``str(b)`` of the returned ``nn.Sequential``. The C4 model uses this
+    to build ``res5`` as its RoI head (on 14x14 RoI features, ``first_stride=2``).
+
+    Args:
+        block_kind: "basic" (two 3x3 convs) or "bottleneck" (1x1, 3x3, 1x1).
+        num_blocks: number of residual blocks.
+        in_channels: channels of the stage input.
+        bottleneck_channels: width of the inner convs (ignored in meaning for "basic", where
+            it must equal ``out_channels``).
+        out_channels: channels of the stage output.
+        first_stride: stride of the first block (1 or 2); the others have stride 1.
+        groups: groups of the 3x3 conv (ResNeXt cardinality).
+        norm: normalisation after every conv.
+        eps: the norm's epsilon.
+        gn_groups: groups for GroupNorm.
+        stride_in_1x1: put the stride in the first 1x1 conv rather than the 3x3 one.
+
+    Returns:
+        ``nn.Sequential`` mapping [N, in_channels, H, W] to
+        [N, out_channels, ceil(H / first_stride), ceil(W / first_stride)].
+    """
+    if block_kind == "basic":
+        block_cls: type[nn.Module] = BasicBlock
+    elif block_kind == "bottleneck":
+        block_cls = Bottleneck
+    else:
+        raise ValueError(f"unknown block kind {block_kind!r}")
+    blocks = []
+    for b in range(num_blocks):
+        blocks.append(
+            block_cls(
+                in_channels if b == 0 else out_channels,
+                out_channels,
+                bottleneck_channels=bottleneck_channels,
+                stride=first_stride if b == 0 else 1,
+                groups=groups,
+                norm=norm,
+                eps=eps,
+                gn_groups=gn_groups,
+                stride_in_1x1=stride_in_1x1,
+            )
+        )
+    return nn.Sequential(*blocks)
+
+
+class Stem(nn.Module):
+    """7x7/2 conv + norm + ReLU, then 3x3/2 max pool (padding 1): overall stride 4."""
+
+    def __init__(self, *, norm: NormKind, eps: float, gn_groups: int) -> None:
+        super().__init__()
+        self.conv1 = ConvNorm(
+            3, STEM_CHANNELS, kernel_size=7, stride=2, norm=norm, eps=eps, gn_groups=gn_groups
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        """x: [N, 3, H, W] -> [N, 64, ceil(H / 4), ceil(W / 4)]."""
+        x = F.relu(self.conv1(x))
+        return F.max_pool2d(x, kernel_size=3, stride=2, padding=1)
+
+
+class ResNet(nn.Module):
+    """ResNet / ResNeXt returning the feature maps of the requested stages.
+
+    Only the stages up to the last requested one are built (a C4 backbone has no ``res5``).
+
+    Attributes:
+        out_features: requested names, in network order.
+        out_channels: channels of each requested feature map.
+        strides: stride of each requested feature map (stem and res2: 4, ..., res5: 32).
+    """
+
+    def __init__(
+        self,
+        cfg: BackboneConfig,
+        *,
+        out_features: tuple[str, ...] = ("res2", "res3", "res4", "res5"),
+    ) -> None:
+        super().__init__()
+        if cfg.depth not in STAGE_BLOCKS:
+            raise ValueError(f"unsupported depth {cfg.depth}; choose from {sorted(STAGE_BLOCKS)}")
+        if not 0 <= cfg.freeze_at <= 5:
+            raise ValueError(f"freeze_at must be in [0, 5], got {cfg.freeze_at}")
+        names = ("stem", *STAGE_NAMES)
+        unknown = [f for f in out_features if f not in names]
+        if unknown or not out_features:
+            raise ValueError(f"out_features must be a non-empty subset of {names}, got {unknown}")
+        self.out_features = tuple(f for f in names if f in out_features)
+        common = dict(norm=cfg.norm, eps=cfg.norm_eps, gn_groups=cfg.gn_groups)
+
+        self.stem = Stem(**common)
+        channels = {"stem": STEM_CHANNELS}
+        strides = {"stem": 4}
+        bottleneck = cfg.depth >= 50
+        in_channels = STEM_CHANNELS
+        num_stages = names.index(self.out_features[-1])  # 0: stem only
+        for i in range(num_stages):
+            planes = 64 * 2**i
+            out_channels = planes * 4 if bottleneck else planes
+            width = int(planes * cfg.width_per_group / 64) * cfg.groups if bottleneck else planes
+            stage = make_stage(
+                block_kind="bottleneck" if bottleneck else "basic",
+                num_blocks=STAGE_BLOCKS[cfg.depth][i],
+                in_channels=in_channels,
+                bottleneck_channels=width,
+                out_channels=out_channels,
+                first_stride=1 if i == 0 else 2,
+                groups=cfg.groups,
+                stride_in_1x1=cfg.stride_in_1x1,
+                **common,
+            )
+            self.add_module(STAGE_NAMES[i], stage)
+            channels[STAGE_NAMES[i]] = out_channels
+            strides[STAGE_NAMES[i]] = 4 * 2**i
+            in_channels = out_channels
+        self.stage_names = STAGE_NAMES[:num_stages]
+        self.out_channels = {f: channels[f] for f in self.out_features}
+        self.strides = {f: strides[f] for f in self.out_features}
+
+        self._init_weights()
+        for name in names[: cfg.freeze_at]:
+            if hasattr(self, name):
+                freeze(getattr(self, name))
+
+    def _init_weights(self) -> None:
+        """Training-from-scratch init: He normal (fan_out) convs, norms at identity."""
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+            elif isinstance(m, (nn.BatchNorm2d, nn.GroupNorm)):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+
+    def forward(self, x: Tensor) -> dict[str, Tensor]:
+        """Runs the network.
+
+        Args:
+            x: images [N, 3, H, W], normalised (H and W need not be multiples of 32).
+
+        Returns:
+            ``{name: [N, out_channels[name], ceil(H / s), ceil(W / s)]}`` for each requested
+            name, ``s = strides[name]`` (each stride-2 step rounds up).
+        """
+        outputs: dict[str, Tensor] = {}
+        x = self.stem(x)
+        if "stem" in self.out_features:
+            outputs["stem"] = x
+        for name in self.stage_names:
+            x = getattr(self, name)(x)
+            if name in self.out_features:
+                outputs[name] = x
+        return outputs
+
+
+_TV_BLOCK_KEY = re.compile(r"layer([1-4])\.(\d+)\.(conv|bn)([1-3])\.(.+)")
+_TV_DOWNSAMPLE_KEY = re.compile(r"layer([1-4])\.(\d+)\.downsample\.([01])\.(.+)")
+
+
+def torchvision_resnet_key(key: str) -> str | None:
+    """Maps a torchvision ResNet state-dict key to ours.
+
+    ``conv1.weight`` -> ``stem.conv1.conv.weight``, ``bn1.*`` -> ``stem.conv1.norm.*``,
+    ``layer{t}.{b}.conv{k}.weight`` -> ``res{t+1}.{b}.conv{k}.conv.weight``,
+    ``layer{t}.{b}.bn{k}.*`` -> ``res{t+1}.{b}.conv{k}.norm.*``,
+    ``layer{t}.{b}.downsample.0.*`` / ``.1.*`` -> ``res{t+1}.{b}.shortcut.conv.*`` / ``.norm.*``.
+
+    Returns:
+        Our key, or ``None`` for the classifier (``fc.*``), which we do not have.
+
+    Raises:
+        ValueError: for a key that is not part of a torchvision ResNet.
+    """
+    if key.startswith("fc."):
+        return None
+    if key == "conv1.weight":
+        return "stem.conv1.conv.weight"
+    if key.startswith("bn1."):
+        return "stem.conv1.norm." + key[len("bn1.") :]
+    m = _TV_BLOCK_KEY.fullmatch(key)
+    if m:
+        t, b, kind, k, rest = m.groups()
+        part = "conv" if kind == "conv" else "norm"
+        if kind == "conv" and rest != "weight":
+            raise ValueError(f"not a torchvision ResNet key: {key!r}")
+        return f"res{int(t) + 1}.{b}.conv{k}.{part}.{rest}"
+    m = _TV_DOWNSAMPLE_KEY.fullmatch(key)
+    if m:
+        t, b, idx, rest = m.groups()
+        part = "conv" if idx == "0" else "norm"
+        return f"res{int(t) + 1}.{b}.shortcut.{part}.{rest}"
+    raise ValueError(f"not a torchvision ResNet key: {key!r}")
+
+
+def load_torchvision_resnet(resnet: ResNet, state_dict: Mapping[str, Tensor]) -> None:
+    """Loads a torchvision ResNet ``state_dict`` (e.g. ImageNet weights) into ``resnet``.
+
+    The classifier (``fc.*``) is ignored, and ``num_batches_tracked`` is dropped where our
+    norm is a :class:`FrozenBatchNorm2d`. Anything else must match exactly.
+
+    Args:
+        resnet: the network to fill (its stages must be those present in ``state_dict``).
+        state_dict: torchvision names -> tensors.
+
+    Raises:
+        ValueError: naming every missing key (ours), unexpected key (torchvision's) and
+            shape mismatch; nothing is loaded in that case.
+    """
+    own = resnet.state_dict()
+    mapped: dict[str, Tensor] = {}
+    unexpected: list[str] = []
+    for key, value in state_dict.items():
+        try:
+            new_key = torchvision_resnet_key(key)
+        except ValueError:
+            unexpected.append(key)
+            continue
+        if new_key is None:
+            continue
+        if new_key not in own:
+            if new_key.endswith(".num_batches_tracked") and _is_frozen_bn(resnet, new_key):
+                continue
+            unexpected.append(key)
+            continue
+        mapped[new_key] = value
+    missing = [k for k in own if k not in mapped]
+    mismatched = [
+        f"{k}: {tuple(v.shape)} vs ours {tuple(own[k].shape)}"
+        for k, v in mapped.items()
+        if v.shape != own[k].shape
+    ]
+    problems = []
+    if missing:
+        problems.append(f"missing keys (ours): {missing}")
+    if unexpected:
+        problems.append(f"unexpected keys (torchvision): {unexpected}")
+    if mismatched:
+        problems.append(f"shape mismatches: {mismatched}")
+    if problems:
+        raise ValueError("cannot load torchvision ResNet weights; " + "; ".join(problems))
+    with torch.no_grad():
+        resnet.load_state_dict(mapped, strict=True)
+
+
+def _is_frozen_bn(module: nn.Module, key: str) -> bool:
+    """Whether ``key``'s owning module (``a.b.norm`` for ``a.b.norm.x``) is a FrozenBN."""
+    owner_name = key.rsplit(".", 1)[0]
+    try:
+        owner = module.get_submodule(owner_name)
+    except AttributeError:
+        return False
+    return isinstance(owner, FrozenBatchNorm2d)

@@ -1,0 +1,101 @@
+"""``build_model(cfg)``: every module wired explicitly from a :class:`ModelConfig`."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from maskrcnn.config import ModelConfig
+from maskrcnn.modeling.anchors import AnchorGenerator
+from maskrcnn.modeling.backbone import STAGE_BLOCKS, ResNet, make_stage
+from maskrcnn.modeling.box_head import BoxHead, BoxPredictor
+from maskrcnn.modeling.fpn import FPN, BackboneWithFPN
+from maskrcnn.modeling.layers import freeze
+from maskrcnn.modeling.mask_head import MaskHead
+from maskrcnn.modeling.mask_rcnn import MaskRCNN
+from maskrcnn.modeling.poolers import MultiLevelRoIPooler
+from maskrcnn.modeling.preprocess import Preprocessor
+from maskrcnn.modeling.roi_heads import GlobalAvgPool, RoIHeads
+from maskrcnn.modeling.rpn import RPN, RPNHead
+
+
+def build_model(cfg: ModelConfig) -> MaskRCNN:
+    """Builds a Mask R-CNN (FPN or C4 design) in training mode with fresh weights."""
+    if cfg.head == "fpn":
+        bottom_up = ResNet(cfg.backbone)
+        fpn = FPN(
+            in_channels=bottom_up.out_channels, out_channels=cfg.fpn.out_channels, norm=cfg.fpn.norm
+        )
+        backbone: nn.Module = BackboneWithFPN(bottom_up=bottom_up, fpn=fpn)
+        rpn_features = ("p2", "p3", "p4", "p5", "p6")
+        roi_features = ("p2", "p3", "p4", "p5")
+        channels = cfg.fpn.out_channels
+        rpn_strides = tuple(backbone.strides[k] for k in rpn_features)
+        roi_strides = tuple(backbone.strides[k] for k in roi_features)
+        shared_head = None
+        box_in, mask_in = channels, channels
+    elif cfg.head == "c4":
+        backbone = ResNet(cfg.backbone, out_features=("res4",))
+        rpn_features = roi_features = ("res4",)
+        channels = backbone.out_channels["res4"]
+        rpn_strides = roi_strides = (backbone.strides["res4"],)
+        shared_head = _res5_head(cfg, in_channels=channels)
+        box_in = mask_in = 2 * channels
+    else:
+        raise ValueError(f"head: unknown design {cfg.head!r} (choose 'fpn' or 'c4')")
+
+    anchor_generator = AnchorGenerator(cfg=cfg.anchors, strides=rpn_strides)
+    rpn = RPN(
+        cfg=cfg.rpn,
+        anchor_generator=anchor_generator,
+        head=RPNHead(
+            in_channels=channels,
+            num_anchors=anchor_generator.num_anchors_per_location,
+            num_convs=cfg.rpn.num_convs,
+            norm=cfg.rpn.conv_norm,
+        ),
+    )
+    if shared_head is None:
+        box_head: nn.Module = BoxHead(cfg=cfg.box_head, in_channels=box_in)
+    else:
+        box_head = GlobalAvgPool(box_in)
+    roi_heads = RoIHeads(
+        box_pooler=MultiLevelRoIPooler(cfg=cfg.box_head.pooler, strides=roi_strides),
+        box_head=box_head,
+        box_predictor=BoxPredictor(in_features=box_head.out_features, num_classes=cfg.num_classes),
+        mask_pooler=MultiLevelRoIPooler(cfg=cfg.mask_head.pooler, strides=roi_strides),
+        mask_head=MaskHead(cfg=cfg.mask_head, in_channels=mask_in, num_classes=cfg.num_classes),
+        box_cfg=cfg.box_head,
+        mask_cfg=cfg.mask_head,
+        shared_head=shared_head,
+    )
+    return MaskRCNN(
+        cfg=cfg,
+        preprocessor=Preprocessor(cfg=cfg.input),
+        backbone=backbone,
+        rpn=rpn,
+        roi_heads=roi_heads,
+        rpn_features=rpn_features,
+        roi_features=roi_features,
+    )
+
+
+def _res5_head(cfg: ModelConfig, *, in_channels: int) -> nn.Module:
+    """res5 run on 14x14 RoI features (stride 2 in its first block): the C4 shared head."""
+    b = cfg.backbone
+    block_kind = "basic" if b.depth in (18, 34) else "bottleneck"
+    out_channels = 2 * in_channels
+    bottleneck = int(512 * b.width_per_group / 64) * b.groups
+    stage = make_stage(
+        block_kind=block_kind,
+        num_blocks=STAGE_BLOCKS[b.depth][3],
+        in_channels=in_channels,
+        bottleneck_channels=bottleneck,
+        out_channels=out_channels,
+        first_stride=2,
+        groups=b.groups,
+        norm=b.norm,
+        eps=b.norm_eps,
+        gn_groups=b.gn_groups,
+        stride_in_1x1=b.stride_in_1x1,
+    )
+    return freeze(stage) if b.freeze_at >= 5 else stage

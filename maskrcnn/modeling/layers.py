@@ -1,0 +1,116 @@
+"""Small building blocks shared by every stage: normalisation layers and conv + norm.
+
+Every convolution in the model is a :class:`ConvNorm` (``.conv`` then ``.norm``), so the state
+dict reads the same way everywhere (``<name>.conv.weight``, ``<name>.norm.running_mean``) and a
+norm kind is one config field. The activation is applied by the caller.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from maskrcnn.config import NormKind
+
+
+class FrozenBatchNorm2d(nn.Module):
+    """BatchNorm2d with fixed statistics and affine parameters (buffers, never trained).
+
+    ``y = (x - running_mean) / sqrt(running_var + eps) * weight + bias``, computed as one
+    scale and shift. Stores weight, bias, running_mean and running_var as buffers, with no
+    ``num_batches_tracked``, as torchvision's and detectron2's do.
+    """
+
+    def __init__(self, num_features: int, *, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.num_features = num_features
+        self.eps = eps
+        self.register_buffer("weight", torch.ones(num_features))
+        self.register_buffer("bias", torch.zeros(num_features))
+        self.register_buffer("running_mean", torch.zeros(num_features))
+        self.register_buffer("running_var", torch.ones(num_features))
+
+    def _load_from_state_dict(
+        self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, errors
+    ) -> None:
+        # Checkpoints saved from a trainable BatchNorm2d carry a counter we have no use for.
+        state_dict.pop(prefix + "num_batches_tracked", None)
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, errors
+        )
+
+    def scale_and_shift(self) -> tuple[Tensor, Tensor]:
+        """Returns ``(scale, shift)``, each [C], such that ``y = x * scale + shift``."""
+        scale = self.weight * (self.running_var + self.eps).rsqrt()
+        shift = self.bias - self.running_mean * scale
+        return scale, shift
+
+    def forward(self, x: Tensor) -> Tensor:
+        """x: [N, C, H, W] -> [N, C, H, W]."""
+        scale, shift = self.scale_and_shift()
+        return x * scale.reshape(1, -1, 1, 1).to(x.dtype) + shift.reshape(1, -1, 1, 1).to(x.dtype)
+
+    def extra_repr(self) -> str:
+        return f"{self.num_features}, eps={self.eps}"
+
+
+def make_norm(
+    kind: NormKind, channels: int, *, eps: float = 1e-5, gn_groups: int = 32
+) -> nn.Module:
+    """Builds the normalisation layer named by ``kind`` ("none" gives ``nn.Identity``)."""
+    if kind == "frozen_bn":
+        return FrozenBatchNorm2d(channels, eps=eps)
+    if kind == "bn":
+        return nn.BatchNorm2d(channels, eps=eps)
+    if kind == "gn":
+        return nn.GroupNorm(gn_groups, channels, eps=eps)
+    if kind == "none":
+        return nn.Identity()
+    raise ValueError(f"unknown norm kind {kind!r}")
+
+
+class ConvNorm(nn.Module):
+    """A 2-D convolution followed by a normalisation layer (no activation).
+
+    The convolution has a bias only when there is no normalisation after it.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        *,
+        kernel_size: int,
+        stride: int = 1,
+        padding: int | None = None,
+        dilation: int = 1,
+        groups: int = 1,
+        norm: NormKind = "none",
+        eps: float = 1e-5,
+        gn_groups: int = 32,
+    ) -> None:
+        super().__init__()
+        if padding is None:
+            padding = dilation * (kernel_size - 1) // 2
+        self.conv = nn.Conv2d(
+            in_channels,
+            out_channels,
+            kernel_size,
+            stride=stride,
+            padding=padding,
+            dilation=dilation,
+            groups=groups,
+            bias=norm == "none",
+        )
+        self.norm = make_norm(norm, out_channels, eps=eps, gn_groups=gn_groups)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """x: [N, C_in, H, W] -> [N, C_out, H', W']."""
+        return self.norm(self.conv(x))
+
+
+def freeze(module: nn.Module) -> nn.Module:
+    """Stops gradients to every parameter of ``module`` and returns it."""
+    for p in module.parameters():
+        p.requires_grad_(False)
+    return module

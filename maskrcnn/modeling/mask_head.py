@@ -1,0 +1,87 @@
+"""The mask branch: a small fully convolutional network on each RoI (paper Figure 4).
+
+FPN head: four 3x3 convs of 256 on the 14x14 pooled features, a 2x2 stride-2 deconvolution
+to 28x28, and a 1x1 conv to one mask logit map per class (or one, class-agnostic). The
+paper's MLP alternative (Table 2e: fc 1024, fc 1024, fc to 28x28 per class) is a config
+option. Masks are predicted for every class and the detected class's map is read out, which
+decouples mask and class prediction.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from maskrcnn.config import MaskHeadConfig
+from maskrcnn.modeling.layers import ConvNorm
+
+
+class MaskHead(nn.Module):
+    """Pooled RoI features [K, C, S, S] -> mask logits [K, M, 2S, 2S].
+
+    M is ``num_classes``, or 1 when ``cfg.class_agnostic``.
+    """
+
+    def __init__(self, *, cfg: MaskHeadConfig, in_channels: int, num_classes: int) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.num_mask_classes = 1 if cfg.class_agnostic else num_classes
+        size = cfg.pooler.output_size
+        self.mask_size = 2 * size
+        self.convs = nn.ModuleList()
+        self.fcs = nn.ModuleList()
+        if cfg.head_type == "fcn":
+            channels = in_channels
+            for _ in range(cfg.num_convs):
+                self.convs.append(
+                    ConvNorm(channels, cfg.conv_dim, kernel_size=3, norm=cfg.conv_norm)
+                )
+                channels = cfg.conv_dim
+            self.deconv = nn.ConvTranspose2d(channels, cfg.conv_dim, kernel_size=2, stride=2)
+            self.predictor = nn.Conv2d(cfg.conv_dim, self.num_mask_classes, kernel_size=1)
+            for layer in [*(c.conv for c in self.convs), self.deconv]:
+                nn.init.kaiming_normal_(layer.weight, mode="fan_out", nonlinearity="relu")
+                if layer.bias is not None:
+                    nn.init.zeros_(layer.bias)
+            nn.init.normal_(self.predictor.weight, std=0.001)
+            nn.init.zeros_(self.predictor.bias)
+        elif cfg.head_type == "mlp":
+            features = in_channels * size * size
+            for _ in range(2):
+                self.fcs.append(nn.Linear(features, 1024))
+                features = 1024
+            self.predictor = nn.Linear(features, self.num_mask_classes * self.mask_size**2)
+        else:
+            raise ValueError(f"mask_head.head_type: unknown {cfg.head_type!r}")
+
+    def forward(self, x: Tensor) -> Tensor:
+        """x: [K, C, S, S] -> mask logits [K, M, 2S, 2S]."""
+        if self.cfg.head_type == "mlp":
+            x = x.flatten(1)
+            for fc in self.fcs:
+                x = F.relu(fc(x))
+            return self.predictor(x).view(-1, self.num_mask_classes, self.mask_size, self.mask_size)
+        for conv in self.convs:
+            x = F.relu(conv(x))
+        x = F.relu(self.deconv(x))
+        return self.predictor(x)
+
+
+def mask_probs_for_labels(mask_logits: Tensor, labels: Tensor, *, loss: str = "sigmoid") -> Tensor:
+    """The predicted class's mask probabilities.
+
+    Args:
+        mask_logits: [K, M, H, W] (M = 1 for class-agnostic masks).
+        labels: [K] int64 predicted classes.
+        loss: "sigmoid" (per-class, independent) or "softmax" (competing classes).
+
+    Returns:
+        [K, 1, H, W] probabilities in [0, 1].
+    """
+    if mask_logits.shape[1] == 1:
+        return mask_logits.sigmoid()
+    index = torch.arange(mask_logits.shape[0], device=labels.device)
+    if loss == "softmax":
+        return F.softmax(mask_logits, dim=1)[index, labels][:, None]
+    return mask_logits[index, labels][:, None].sigmoid()

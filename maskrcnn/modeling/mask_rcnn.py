@@ -1,0 +1,109 @@
+"""Mask R-CNN: Faster R-CNN plus a mask branch, wired in one place.
+
+    images -> Preprocessor -> backbone (+FPN) -> RPN -> RoI heads (box, then mask) -> paste
+
+The training/inference split happens here, once: ``forward`` with targets in training mode
+returns losses; in eval mode it returns detections in torchvision's format.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from maskrcnn.config import ModelConfig
+from maskrcnn.modeling.preprocess import Preprocessor, to_input_frame
+from maskrcnn.modeling.roi_heads import RoIHeads
+from maskrcnn.modeling.rpn import RPN
+from maskrcnn.structures import Instances
+
+
+class MaskRCNN(nn.Module):
+    """The whole model. Build it with :func:`maskrcnn.build_model`."""
+
+    def __init__(
+        self,
+        *,
+        cfg: ModelConfig,
+        preprocessor: Preprocessor,
+        backbone: nn.Module,
+        rpn: RPN,
+        roi_heads: RoIHeads,
+        rpn_features: tuple[str, ...],
+        roi_features: tuple[str, ...],
+    ) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.preprocessor = preprocessor
+        self.backbone = backbone
+        self.rpn = rpn
+        self.roi_heads = roi_heads
+        self.rpn_features = rpn_features
+        self.roi_features = roi_features
+
+    def forward(self, images: list[Tensor], targets: list[dict[str, Tensor]] | None = None) -> Any:
+        """torchvision's API: losses (training, with targets) or one dict per image (eval).
+
+        Args:
+            images: [3, H_i, W_i] RGB floats in [0, 1].
+            targets: training only; per image ``boxes`` [G, 4], ``labels`` [G], ``masks``
+                [G, H_i, W_i].
+
+        Returns:
+            Training: a dict of scalar losses. Eval: per image ``boxes`` [N, 4] xyxy in input
+            pixels, ``labels`` [N] int64, ``scores`` [N] and ``masks`` [N, 1, H_i, W_i] in [0, 1].
+        """
+        if self.training:
+            raise NotImplementedError("training-mode forward is not implemented yet")
+        return [r.to_dict() for r in self.detect(images)]
+
+    def detect(self, images: list[Tensor]) -> list[Instances]:
+        """Detections per image, in each image's own pixels, with soft masks [N, 1, H, W]."""
+        original_sizes = [(int(img.shape[-2]), int(img.shape[-1])) for img in images]
+        batch = self.preprocessor(images)
+        features = self.backbone(batch.tensor)
+        proposals, _ = self.rpn(batch, [features[k] for k in self.rpn_features])
+        results, _ = self.roi_heads(
+            [features[k] for k in self.roi_features], proposals, batch.image_sizes
+        )
+        paste = self.cfg.mask_head.paste
+        return [
+            self._named(to_input_frame(r, size, paste=paste))
+            for r, size in zip(results, original_sizes)
+        ]
+
+    @torch.inference_mode()
+    def predict(self, image: Any) -> Instances:
+        """One image (path, PIL image, or [3, H, W] tensor in [0, 1]) -> thresholded Instances.
+
+        Masks are boolean [N, H, W] (probability >= ``cfg.mask_head.threshold``) and each
+        instance carries its category name.
+        """
+        from maskrcnn.data.io import to_image_tensor
+
+        was_training = self.training
+        self.eval()
+        try:
+            device = next(self.parameters()).device
+            result = self.detect([to_image_tensor(image).to(device)])[0]
+        finally:
+            self.train(was_training)
+        if result.masks is not None:
+            result.masks = result.masks[:, 0] >= self.cfg.mask_head.threshold
+        return result
+
+    def _named(self, result: Instances) -> Instances:
+        names = self.cfg.category_names
+        result.category_names = [
+            names[i] if i < len(names) else str(i) for i in result.labels.tolist()
+        ]
+        return result
+
+    def save(self, path: str | Path) -> None:
+        """Writes weights (safetensors) with the configuration beside them."""
+        from maskrcnn.weights import save_model
+
+        save_model(self, path)

@@ -1,0 +1,90 @@
+"""Input side and output side of the model: normalise, resize, pad; and map results back.
+
+Images arrive as [3, H, W] RGB floats in [0, 1]. They are scaled (``pixel_scale``), put in the
+weights' channel order, normalised, resized so the short side is ``min_size`` (the long side
+at most ``max_size``; the same bilinear resize as torchvision), and padded into one batch.
+Detections come back in resized-image pixels and are mapped to each input's own size, where
+the masks are pasted.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from maskrcnn.config import InputConfig
+from maskrcnn.ops.boxes import scale_boxes
+from maskrcnn.ops.paste import paste_masks_grid_sample, paste_masks_torchvision
+from maskrcnn.structures import ImageList, Instances
+
+
+def resize_image(image: Tensor, min_size: int, max_size: int) -> Tensor:
+    """Resizes [C, H, W] so the short side is ``min_size`` unless the long side passes ``max_size``.
+
+    The scale is ``min(min_size / short, max_size / long)`` and the output size is recomputed
+    from it (``floor(H * scale)``), as torchvision's transform does.
+    """
+    h, w = image.shape[-2:]
+    scale = min(min_size / min(h, w), max_size / max(h, w))
+    return F.interpolate(
+        image[None],
+        scale_factor=scale,
+        mode="bilinear",
+        recompute_scale_factor=True,
+        align_corners=False,
+    )[0]
+
+
+class Preprocessor(nn.Module):
+    """Normalises, resizes and batches images."""
+
+    def __init__(self, *, cfg: InputConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.register_buffer("pixel_mean", torch.tensor(cfg.pixel_mean), persistent=False)
+        self.register_buffer("pixel_std", torch.tensor(cfg.pixel_std), persistent=False)
+
+    def normalize(self, image: Tensor) -> Tensor:
+        """[3, H, W] RGB in [0, 1] -> the network's input space."""
+        if self.cfg.pixel_scale != 1.0:
+            image = image * self.cfg.pixel_scale
+        if self.cfg.channel_order == "BGR":
+            image = image.flip(0)
+        mean = self.pixel_mean.to(image)[:, None, None]
+        std = self.pixel_std.to(image)[:, None, None]
+        return (image - mean) / std
+
+    def forward(self, images: list[Tensor], *, min_size: int | None = None) -> ImageList:
+        """Batches ``images`` ([3, H_i, W_i] floats in [0, 1]) for the network."""
+        if min_size is None:
+            min_size = self.cfg.min_size[-1]
+        prepared = []
+        for i, image in enumerate(images):
+            if not isinstance(image, Tensor) or image.dim() != 3 or image.shape[0] != 3:
+                shape = tuple(image.shape) if isinstance(image, Tensor) else type(image).__name__
+                raise ValueError(f"images[{i}]: expected a [3, H, W] tensor, got {shape}")
+            if not image.is_floating_point():
+                raise ValueError(f"images[{i}]: expected floats in [0, 1], got {image.dtype}")
+            prepared.append(resize_image(self.normalize(image), min_size, self.cfg.max_size))
+        return ImageList.from_tensors(prepared, size_divisibility=self.cfg.size_divisibility)
+
+
+def to_input_frame(result: Instances, original_size: tuple[int, int], *, paste: str) -> Instances:
+    """Maps one image's detections from resized-input pixels to its original size.
+
+    Boxes are rescaled; RoI-frame masks ([D, 1, M, M]) are pasted into [D, 1, H, W].
+    """
+    boxes = scale_boxes(result.boxes, result.image_size, original_size)
+    masks = result.masks
+    if masks is not None:
+        paste_fn = paste_masks_torchvision if paste == "torchvision" else paste_masks_grid_sample
+        masks = paste_fn(masks, boxes, original_size)
+    return Instances(
+        image_size=original_size,
+        boxes=boxes,
+        labels=result.labels,
+        scores=result.scores,
+        masks=masks,
+        category_names=result.category_names,
+    )

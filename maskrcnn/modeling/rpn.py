@@ -1,0 +1,170 @@
+"""Region proposal network: objectness and box deltas for every anchor, then proposals.
+
+The head is a 3x3 conv (or several) shared by all levels, followed by two 1x1 convs: one
+objectness logit and four box deltas per anchor. Proposals are chosen per level by objectness
+(pre-NMS top-k), decoded, clipped, filtered by size and score, suppressed with NMS within each
+level, and the best ``post_nms_topk`` are kept per image.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+from torchvision.ops import batched_nms, clip_boxes_to_image, remove_small_boxes
+
+from maskrcnn.config import NormKind, RPNConfig
+from maskrcnn.modeling.anchors import AnchorGenerator
+from maskrcnn.modeling.layers import ConvNorm
+from maskrcnn.ops.boxes import decode_boxes
+from maskrcnn.structures import ImageList
+
+
+class RPNHead(nn.Module):
+    """Shared conv(s), then per-anchor objectness logits and box deltas."""
+
+    def __init__(
+        self, *, in_channels: int, num_anchors: int, num_convs: int = 1, norm: NormKind = "none"
+    ) -> None:
+        super().__init__()
+        self.convs = nn.ModuleList(
+            ConvNorm(in_channels, in_channels, kernel_size=3, norm=norm) for _ in range(num_convs)
+        )
+        self.objectness_logits = nn.Conv2d(in_channels, num_anchors, kernel_size=1)
+        self.anchor_deltas = nn.Conv2d(in_channels, num_anchors * 4, kernel_size=1)
+        for module in self.modules():
+            if isinstance(module, nn.Conv2d):
+                nn.init.normal_(module.weight, std=0.01)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+
+    def forward(self, features: list[Tensor]) -> tuple[list[Tensor], list[Tensor]]:
+        """Per level: objectness [B, A, H, W] and deltas [B, 4A, H, W]."""
+        objectness, deltas = [], []
+        for x in features:
+            for conv in self.convs:
+                x = torch.relu(conv(x))
+            objectness.append(self.objectness_logits(x))
+            deltas.append(self.anchor_deltas(x))
+        return objectness, deltas
+
+
+def flatten_objectness(logits: Tensor) -> Tensor:
+    """[B, A, H, W] -> [B, H * W * A], location-major like the anchors."""
+    return logits.permute(0, 2, 3, 1).reshape(logits.shape[0], -1)
+
+
+def flatten_deltas(deltas: Tensor) -> Tensor:
+    """[B, 4A, H, W] -> [B, H * W * A, 4], location-major like the anchors."""
+    b, _, h, w = deltas.shape
+    return deltas.view(b, -1, 4, h, w).permute(0, 3, 4, 1, 2).reshape(b, -1, 4)
+
+
+@dataclass(frozen=True)
+class ProposalParams:
+    """The proposal-selection settings in force (training or inference)."""
+
+    pre_nms_topk: int
+    post_nms_topk: int
+    nms_thresh: float
+    min_size: float
+    score_thresh: float
+    box_coder_weights: tuple[float, float, float, float]
+
+
+def select_proposals(
+    anchors: list[Tensor],
+    objectness: list[Tensor],
+    deltas: list[Tensor],
+    image_sizes: list[tuple[int, int]],
+    params: ProposalParams,
+) -> tuple[list[Tensor], list[Tensor]]:
+    """Chooses proposals from every anchor's prediction.
+
+    Args:
+        anchors: per level, [M_l, 4] xyxy (shared by the batch).
+        objectness: per level, [B, M_l] logits.
+        deltas: per level, [B, M_l, 4] box deltas.
+        image_sizes: (h, w) of each image before padding; proposals are clipped to it.
+        params: top-k, NMS and filtering settings.
+
+    Returns:
+        Per image, proposals [P, 4] xyxy and their objectness probabilities [P], best first.
+    """
+    num_images = objectness[0].shape[0]
+    batch_idx = torch.arange(num_images, device=objectness[0].device)[:, None]
+    top_logits, top_boxes, top_levels = [], [], []
+    for level, (level_anchors, logits, level_deltas) in enumerate(zip(anchors, objectness, deltas)):
+        k = min(params.pre_nms_topk, logits.shape[1])
+        logits_k, idx = logits.detach().topk(k, dim=1)  # [B, k]
+        picked_deltas = level_deltas.detach()[batch_idx, idx]  # [B, k, 4]
+        boxes = decode_boxes(
+            picked_deltas.reshape(-1, 4), level_anchors[idx.reshape(-1)], params.box_coder_weights
+        )
+        top_logits.append(logits_k)
+        top_boxes.append(boxes.reshape(num_images, k, 4))
+        top_levels.append(torch.full_like(idx, level))
+    logits_all = torch.cat(top_logits, dim=1)
+    boxes_all = torch.cat(top_boxes, dim=1)
+    levels_all = torch.cat(top_levels, dim=1)
+    scores_all = torch.sigmoid(logits_all)
+
+    proposals, proposal_scores = [], []
+    for boxes, scores, levels, size in zip(boxes_all, scores_all, levels_all, image_sizes):
+        boxes = clip_boxes_to_image(boxes, size)
+        keep = remove_small_boxes(boxes, params.min_size)
+        boxes, scores, levels = boxes[keep], scores[keep], levels[keep]
+        keep = torch.where(scores >= params.score_thresh)[0]
+        boxes, scores, levels = boxes[keep], scores[keep], levels[keep]
+        keep = batched_nms(boxes, scores, levels, params.nms_thresh)[: params.post_nms_topk]
+        proposals.append(boxes[keep])
+        proposal_scores.append(scores[keep])
+    return proposals, proposal_scores
+
+
+class RPN(nn.Module):
+    """Anchors + head + proposal selection. Losses are filled in by the training path."""
+
+    def __init__(self, *, cfg: RPNConfig, anchor_generator: AnchorGenerator, head: RPNHead):
+        super().__init__()
+        self.cfg = cfg
+        self.anchor_generator = anchor_generator
+        self.head = head
+
+    def proposal_params(self) -> ProposalParams:
+        cfg = self.cfg
+        return ProposalParams(
+            pre_nms_topk=cfg.pre_nms_topk_train if self.training else cfg.pre_nms_topk_test,
+            post_nms_topk=cfg.post_nms_topk_train if self.training else cfg.post_nms_topk_test,
+            nms_thresh=cfg.nms_thresh,
+            min_size=cfg.min_size,
+            score_thresh=cfg.score_thresh,
+            box_coder_weights=cfg.box_coder_weights,
+        )
+
+    def forward(
+        self, images: ImageList, features: list[Tensor], gt_boxes: list[Tensor] | None = None
+    ) -> tuple[list[Tensor], dict[str, Tensor]]:
+        """Proposals for each image, and the RPN losses when ground truth is given.
+
+        Args:
+            images: the padded batch (its sizes clip the proposals).
+            features: per level, [B, C, H_l, W_l].
+            gt_boxes: per image, [G, 4] xyxy ground-truth boxes (training only).
+
+        Returns:
+            Per image, proposals [P, 4] xyxy in padded-input pixels, best first; and a dict of
+            losses (empty without ground truth).
+        """
+        objectness_maps, delta_maps = self.head(features)
+        anchors = self.anchor_generator(images.padded_size, features)
+        objectness = [flatten_objectness(o) for o in objectness_maps]
+        deltas = [flatten_deltas(d) for d in delta_maps]
+        proposals, _ = select_proposals(
+            anchors, objectness, deltas, images.image_sizes, self.proposal_params()
+        )
+        losses: dict[str, Tensor] = {}
+        if gt_boxes is not None:
+            raise NotImplementedError("RPN training losses are not implemented yet")
+        return proposals, losses

@@ -1,0 +1,6 @@
+"""Typed containers that flow between pipeline stages."""
+
+from maskrcnn.structures.image_list import ImageList
+from maskrcnn.structures.instances import Instances
+
+__all__ = ["ImageList", "Instances"]

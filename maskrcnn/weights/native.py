@@ -1,0 +1,71 @@
+"""Our own model files: weights in safetensors, the configuration inside its metadata.
+
+One ``.safetensors`` file carries everything needed to rebuild the model (the configuration,
+category names included, as JSON in the header), and loading it runs no pickled code. Files are
+written atomically: a temporary file in the same folder, flushed, then renamed over the target.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from maskrcnn.config import ModelConfig
+from maskrcnn.modeling import MaskRCNN, build_model
+
+FORMAT = "maskrcnn/1"
+
+
+def save_model(model: MaskRCNN, path: str | Path) -> Path:
+    """Writes ``model``'s weights and configuration to ``path`` (a .safetensors file)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    metadata = {"format": FORMAT, "config": json.dumps(model.cfg.to_dict())}
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata=metadata)
+        with open(tmp, "rb+") as handle:
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def read_config(path: str | Path) -> ModelConfig:
+    """The configuration stored in a model file."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"model file not found: {path}")
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+    except (SafetensorError, OSError) as err:
+        raise ValueError(f"{path}: not a safetensors file ({err})") from err
+    if metadata.get("format") != FORMAT or "config" not in metadata:
+        raise ValueError(f"{path}: not a maskrcnn model file (no {FORMAT!r} metadata)")
+    try:
+        return ModelConfig.from_dict(json.loads(metadata["config"]))
+    except (ValueError, TypeError) as err:
+        raise ValueError(f"{path}: bad configuration in metadata: {err}") from err
+
+
+def load_model(path: str | Path, *, device: str | torch.device = "cpu") -> MaskRCNN:
+    """Rebuilds a model saved by :func:`save_model`, in eval mode."""
+    from maskrcnn.weights.torchvision import load_exact
+
+    cfg = read_config(path)
+    model = build_model(cfg)
+    load_exact(model, load_file(str(path), device=str(device)), source=str(path))
+    return model.to(device).eval()

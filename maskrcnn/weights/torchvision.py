@@ -1,0 +1,213 @@
+"""torchvision Mask R-CNN checkpoints -> our model, configured to reproduce torchvision exactly.
+
+torchvision's quirks are expressed as configuration (see ``config.torchvision_v1``): RoIAlign
+with aligned=False and sampling ratio 2, rounded anchors with strides derived from the grid,
+the "+1" integer paste, FrozenBN eps 0 for the published v1 weights, and the legacy key names
+of the published v1 file. Only tensors are read: a ``.pth`` goes through
+``torch.load(weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from torch import Tensor
+
+from maskrcnn.config import ModelConfig, torchvision_v1, torchvision_v2
+from maskrcnn.modeling import MaskRCNN, build_model
+from maskrcnn.modeling.fpn import torchvision_fpn_key
+
+# (pattern, replacement) for everything outside the backbone, tried in order.
+_HEAD_RULES: list[tuple[str, str]] = [
+    (r"^rpn\.head\.conv\.(\d+)\.0\.(weight|bias)$", r"rpn.head.convs.\1.conv.\2"),
+    (r"^rpn\.head\.conv\.(weight|bias)$", r"rpn.head.convs.0.conv.\1"),  # legacy v1 name
+    (r"^rpn\.head\.cls_logits\.", "rpn.head.objectness_logits."),
+    (r"^rpn\.head\.bbox_pred\.", "rpn.head.anchor_deltas."),
+    (r"^roi_heads\.box_head\.fc6\.", "roi_heads.box_head.fcs.0."),
+    (r"^roi_heads\.box_head\.fc7\.", "roi_heads.box_head.fcs.1."),
+    (r"^roi_heads\.box_head\.([0-3])\.0\.", r"roi_heads.box_head.convs.\1.conv."),  # v2
+    (r"^roi_heads\.box_head\.([0-3])\.1\.", r"roi_heads.box_head.convs.\1.norm."),  # v2
+    (r"^roi_heads\.box_head\.5\.", "roi_heads.box_head.fcs.0."),  # v2: after Flatten
+    (r"^roi_heads\.box_predictor\.", "roi_heads.box_predictor."),
+    (r"^roi_heads\.mask_head\.(\d+)\.0\.", r"roi_heads.mask_head.convs.\1.conv."),
+    (r"^roi_heads\.mask_head\.(\d+)\.1\.", r"roi_heads.mask_head.convs.\1.norm."),  # v2
+    (r"^roi_heads\.mask_predictor\.conv5_mask\.", "roi_heads.mask_head.deconv."),
+    (r"^roi_heads\.mask_predictor\.mask_fcn_logits\.", "roi_heads.mask_head.predictor."),
+]
+
+
+def _legacy_mask_key(key: str) -> str:
+    """``mask_head.mask_fcn{i+1}.*`` (torchvision < 0.8 names) -> ``mask_head.{i}.0.*``."""
+    match = re.match(r"^(roi_heads\.mask_head\.)mask_fcn(\d+)\.(.*)$", key)
+    if match:
+        return f"{match.group(1)}{int(match.group(2)) - 1}.0.{match.group(3)}"
+    return key
+
+
+def torchvision_key(key: str) -> str | None:
+    """Our state-dict key for a torchvision Mask R-CNN key (None: not a weight we keep)."""
+    if key.startswith("backbone."):
+        return torchvision_fpn_key(key)
+    key = _legacy_mask_key(key)
+    for pattern, replacement in _HEAD_RULES:
+        new, count = re.subn(pattern, replacement, key)
+        if count:
+            return new
+    return None
+
+
+def convert_torchvision_state_dict(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """Renames every key; an unknown key raises a ``ValueError`` naming it."""
+    out: dict[str, Tensor] = {}
+    unknown = []
+    for key, value in state_dict.items():
+        new = torchvision_key(key)
+        if new is None:
+            unknown.append(key)
+        else:
+            out[new] = value
+    if unknown:
+        raise ValueError(f"not torchvision Mask R-CNN keys: {unknown[:8]}")
+    return out
+
+
+def read_state_dict(source: str | Path | Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """A state dict given directly, or read from a ``.pth``/``.safetensors`` file safely."""
+    if isinstance(source, Mapping):
+        return dict(source)
+    path = Path(source)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - the unpickler's refusals have many types
+        raise ValueError(f"{path}: not a weights-only torch checkpoint ({err})") from err
+    if isinstance(data, Mapping) and "model" in data and isinstance(data["model"], Mapping):
+        data = data["model"]
+    if not isinstance(data, Mapping):
+        raise ValueError(f"{path}: expected a state dict, got {type(data).__name__}")
+    return dict(data)
+
+
+_BUILDER_KWARGS = {
+    "num_classes",
+    "min_size",
+    "max_size",
+    "image_mean",
+    "image_std",
+    "box_score_thresh",
+    "box_nms_thresh",
+    "box_detections_per_img",
+    "rpn_pre_nms_top_n_train",
+    "rpn_pre_nms_top_n_test",
+    "rpn_post_nms_top_n_train",
+    "rpn_post_nms_top_n_test",
+    "rpn_nms_thresh",
+    "rpn_score_thresh",
+    "rpn_fg_iou_thresh",
+    "rpn_bg_iou_thresh",
+    "rpn_batch_size_per_image",
+    "rpn_positive_fraction",
+    "box_fg_iou_thresh",
+    "box_bg_iou_thresh",
+    "box_batch_size_per_image",
+    "box_positive_fraction",
+    "norm_eps",
+}
+
+
+def torchvision_config(variant: Literal["v1", "v2"] = "v1", **kwargs: Any) -> ModelConfig:
+    """The configuration reproducing torchvision's model, with its builder's keyword arguments.
+
+    ``norm_eps`` (ours) sets the FrozenBN eps: 0.0 for the published v1 weights (default), 1e-5
+    for a v1 model torchvision built itself (``weights=None``).
+    """
+    unknown = sorted(set(kwargs) - _BUILDER_KWARGS)
+    if unknown:
+        raise ValueError(f"unsupported keyword argument(s) {unknown}")
+    if variant not in ("v1", "v2"):
+        raise ValueError(f"variant must be 'v1' or 'v2', got {variant!r}")
+    cfg = (torchvision_v1 if variant == "v1" else torchvision_v2)(kwargs.get("num_classes", 91))
+    r = dataclasses.replace
+    inp, rpn, box = cfg.input, cfg.rpn, cfg.box_head
+    if "min_size" in kwargs:
+        size = kwargs["min_size"]
+        inp = r(inp, min_size=tuple(size) if isinstance(size, (list, tuple)) else (int(size),))
+    if "max_size" in kwargs:
+        inp = r(inp, max_size=int(kwargs["max_size"]))
+    if "image_mean" in kwargs:
+        inp = r(inp, pixel_mean=tuple(kwargs["image_mean"]))
+    if "image_std" in kwargs:
+        inp = r(inp, pixel_std=tuple(kwargs["image_std"]))
+    rpn_names = {
+        "rpn_pre_nms_top_n_train": "pre_nms_topk_train",
+        "rpn_pre_nms_top_n_test": "pre_nms_topk_test",
+        "rpn_post_nms_top_n_train": "post_nms_topk_train",
+        "rpn_post_nms_top_n_test": "post_nms_topk_test",
+        "rpn_nms_thresh": "nms_thresh",
+        "rpn_score_thresh": "score_thresh",
+        "rpn_fg_iou_thresh": "fg_iou_thresh",
+        "rpn_bg_iou_thresh": "bg_iou_thresh",
+        "rpn_batch_size_per_image": "batch_size_per_image",
+        "rpn_positive_fraction": "positive_fraction",
+    }
+    box_names = {
+        "box_score_thresh": "score_thresh",
+        "box_nms_thresh": "nms_thresh",
+        "box_detections_per_img": "detections_per_image",
+        "box_fg_iou_thresh": "fg_iou_thresh",
+        "box_bg_iou_thresh": "bg_iou_thresh",
+        "box_batch_size_per_image": "batch_size_per_image",
+        "box_positive_fraction": "positive_fraction",
+    }
+    rpn = r(rpn, **{ours: kwargs[tv] for tv, ours in rpn_names.items() if tv in kwargs})
+    box = r(box, **{ours: kwargs[tv] for tv, ours in box_names.items() if tv in kwargs})
+    backbone = cfg.backbone
+    if "norm_eps" in kwargs:
+        backbone = r(backbone, norm_eps=float(kwargs["norm_eps"]))
+    return cfg.replace(input=inp, rpn=rpn, box_head=box, backbone=backbone)
+
+
+def from_torchvision(
+    state_dict_or_path: str | Path | Mapping[str, Tensor],
+    variant: Literal["v1", "v2"] = "v1",
+    *,
+    category_names: tuple[str, ...] = (),
+    **kwargs: Any,
+) -> MaskRCNN:
+    """Our model, in eval mode, holding torchvision Mask R-CNN weights.
+
+    Args:
+        state_dict_or_path: a state dict of ``maskrcnn_resnet50_fpn`` (v1) or
+            ``maskrcnn_resnet50_fpn_v2`` (v2), or a path to one (.pth or .safetensors).
+        variant: which torchvision architecture the weights are for.
+        category_names: label names (index = label).
+        **kwargs: torchvision builder arguments (``box_score_thresh``, ``min_size``, ...) and
+            ``norm_eps`` (see :func:`torchvision_config`).
+    """
+    state_dict = convert_torchvision_state_dict(read_state_dict(state_dict_or_path))
+    if "num_classes" not in kwargs:
+        kwargs["num_classes"] = int(state_dict["roi_heads.box_predictor.cls_score.weight"].shape[0])
+    cfg = torchvision_config(variant, **kwargs).replace(category_names=tuple(category_names))
+    model = build_model(cfg)
+    load_exact(model, state_dict, source="torchvision checkpoint")
+    return model.eval()
+
+
+def load_exact(model: torch.nn.Module, state_dict: Mapping[str, Tensor], *, source: str) -> None:
+    """Loads every tensor; missing or unexpected keys raise a ``ValueError`` naming them."""
+    result = model.load_state_dict(dict(state_dict), strict=False)
+    if result.missing_keys or result.unexpected_keys:
+        raise ValueError(
+            f"{source} does not fit the model: missing {result.missing_keys[:8]}, "
+            f"unexpected {result.unexpected_keys[:8]}"
+        )

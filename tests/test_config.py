@@ -1,0 +1,39 @@
+"""Configuration: presets, overrides, JSON round trip, clear errors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from maskrcnn.config import ModelConfig, override, preset, torchvision_v1, torchvision_v2
+
+
+def test_dict_round_trip_through_json():
+    for cfg in (preset("r50_fpn"), preset("r50_c4"), torchvision_v1(), torchvision_v2()):
+        data = json.loads(json.dumps(cfg.to_dict()))
+        assert ModelConfig.from_dict(data) == cfg
+
+
+def test_unknown_field_is_named():
+    data = preset("r18_fpn").to_dict()
+    data["rpn"]["nms_treshold"] = 0.5
+    with pytest.raises(ValueError, match="nms_treshold"):
+        ModelConfig.from_dict(data)
+
+
+def test_override_dotted_keys():
+    cfg = override(preset("r50_fpn"), "box_head.pooler.op", "pool")
+    assert cfg.box_head.pooler.op == "pool"
+    assert cfg.mask_head.pooler.op == "align"
+    with pytest.raises(ValueError, match="box_head.nope"):
+        override(cfg, "box_head.nope", 1)
+
+
+def test_torchvision_quirks_are_configuration():
+    v1 = torchvision_v1()
+    assert v1.box_head.pooler.aligned is False and v1.box_head.pooler.sampling_ratio == 2
+    assert v1.anchors.round_base_anchors and v1.anchors.strides_from_grid
+    assert v1.mask_head.paste == "torchvision" and v1.backbone.norm_eps == 0.0
+    ours = preset("r50_fpn")
+    assert ours.box_head.pooler.aligned and ours.mask_head.paste == "grid_sample"

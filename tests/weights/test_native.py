@@ -1,0 +1,36 @@
+"""Our own model files: safetensors with the configuration in the header."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from maskrcnn import build_model, load_model, preset, save_model
+from maskrcnn.weights.native import read_config
+
+
+def test_save_load_round_trip(tmp_path):
+    cfg = preset("r18_fpn", num_classes=4).replace(category_names=("bg", "a", "b", "c"))
+    cfg = cfg.replace(input=dataclasses.replace(cfg.input, min_size=(64,), max_size=96))
+    torch.manual_seed(0)
+    model = build_model(cfg).eval()
+    path = save_model(model, tmp_path / "model.safetensors")
+    assert [p.name for p in tmp_path.iterdir()] == ["model.safetensors"]  # no temp file left
+    loaded = load_model(path)
+    assert loaded.cfg == cfg
+    for (k, a), (k2, b) in zip(model.state_dict().items(), loaded.state_dict().items()):
+        assert k == k2 and torch.equal(a, b)
+    image = torch.rand(3, 60, 80)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded([image])[0]["boxes"], model([image])[0]["boxes"])
+
+
+def test_not_a_model_file_is_named(tmp_path):
+    bad = tmp_path / "weights.safetensors"
+    bad.write_bytes(b"not safetensors at all")
+    with pytest.raises(ValueError, match="weights.safetensors"):
+        read_config(bad)
+    with pytest.raises(FileNotFoundError, match="missing.safetensors"):
+        load_model(tmp_path / "missing.safetensors")
