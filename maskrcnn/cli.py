@@ -13,9 +13,13 @@ def _cmd_explain(args: argparse.Namespace) -> int:
 
     result = draw_roi_ops(args.out)
     print(f"wrote {result.path}")
-    for name, values in result.pooled.items():
-        print(f"  {name}: {values}")
+    _print_pooled(result)
     return 0
+
+
+def _print_pooled(result) -> None:
+    for name, rows in result.pooled_text.items():
+        print(f"  {name:>10}: " + " | ".join(" ".join(row) for row in rows))
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -25,8 +29,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
     result = draw_roi_ops(out / "roi_ops.png")
     print(f"RoI operators explained: {result.path}")
-    for name, values in result.pooled.items():
-        print(f"  {name:>10}: {values}")
+    _print_pooled(result)
     return 0
 
 

@@ -55,8 +55,13 @@ class Preprocessor(nn.Module):
         std = self.pixel_std.to(image)[:, None, None]
         return (image - mean) / std
 
-    def forward(self, images: list[Tensor], *, min_size: int | None = None) -> ImageList:
-        """Batches ``images`` ([3, H_i, W_i] floats in [0, 1]) for the network."""
+    def forward(
+        self, images: list[Tensor], *, min_size: int | None = None, resize: bool = True
+    ) -> ImageList:
+        """Batches ``images`` ([3, H_i, W_i] floats in [0, 1]) for the network.
+
+        With ``resize=False`` (training) images keep their size: the data pipeline chose it.
+        """
         if min_size is None:
             min_size = self.cfg.min_size[-1]
         prepared = []
@@ -66,7 +71,8 @@ class Preprocessor(nn.Module):
                 raise ValueError(f"images[{i}]: expected a [3, H, W] tensor, got {shape}")
             if not image.is_floating_point():
                 raise ValueError(f"images[{i}]: expected floats in [0, 1], got {image.dtype}")
-            prepared.append(resize_image(self.normalize(image), min_size, self.cfg.max_size))
+            image = self.normalize(image)
+            prepared.append(resize_image(image, min_size, self.cfg.max_size) if resize else image)
         return ImageList.from_tensors(prepared, size_divisibility=self.cfg.size_divisibility)
 
 

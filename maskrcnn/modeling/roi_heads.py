@@ -12,9 +12,12 @@ import torch
 from torch import Tensor, nn
 
 from maskrcnn.config import BoxHeadConfig, MaskHeadConfig
+from maskrcnn.losses import fast_rcnn_losses, mask_loss
 from maskrcnn.modeling.box_head import BoxPredictor, detect_boxes
 from maskrcnn.modeling.mask_head import MaskHead, mask_probs_for_labels
 from maskrcnn.modeling.poolers import MultiLevelRoIPooler
+from maskrcnn.modeling.sampling import RoITargets, label_proposals
+from maskrcnn.ops import roi_align
 from maskrcnn.structures import Instances
 
 
@@ -86,7 +89,7 @@ class RoIHeads(nn.Module):
             and ``masks`` [D, 1, 2S, 2S] probabilities of the predicted class in the box frame.
         """
         if gt_instances is not None:
-            raise NotImplementedError("RoI-head training losses are not implemented yet")
+            return [], self.losses(features, proposals, gt_instances)
         box_features = self._shared(self.box_pooler(features, proposals))
         class_logits, box_deltas = self.box_predictor(self.box_head(box_features))
         detections = detect_boxes(class_logits, box_deltas, proposals, image_sizes, self.box_cfg)
@@ -106,3 +109,56 @@ class RoIHeads(nn.Module):
             for d, m, size in zip(detections, per_image, image_sizes)
         ]
         return results, {}
+
+    def losses(
+        self, features: list[Tensor], proposals: list[Tensor], gt_instances: list[Instances]
+    ) -> dict[str, Tensor]:
+        """Samples RoIs against the ground truth and scores the box and mask branches."""
+        box_cfg = self.box_cfg
+        targets = [
+            label_proposals(
+                p.detach(),
+                gt.boxes.to(p),
+                gt.labels,
+                fg_iou=box_cfg.fg_iou_thresh,
+                bg_iou=box_cfg.bg_iou_thresh,
+                batch_size=box_cfg.batch_size_per_image,
+                positive_fraction=box_cfg.positive_fraction,
+                box_coder_weights=box_cfg.box_coder_weights,
+            )
+            for p, gt in zip(proposals, gt_instances)
+        ]
+        box_features = self._shared(self.box_pooler(features, [t.proposals for t in targets]))
+        class_logits, box_deltas = self.box_predictor(self.box_head(box_features))
+        losses = fast_rcnn_losses(
+            class_logits,
+            box_deltas,
+            torch.cat([t.labels for t in targets]),
+            torch.cat([t.regression_targets for t in targets]),
+            smooth_l1_beta=box_cfg.smooth_l1_beta,
+        )
+        losses["loss_mask"] = self.mask_losses(features, targets, gt_instances)
+        return losses
+
+    def mask_losses(
+        self, features: list[Tensor], targets: list[RoITargets], gt_instances: list[Instances]
+    ) -> Tensor:
+        """Mask loss on the foreground RoIs; targets cut from the ground-truth masks."""
+        fg = [t.labels > 0 for t in targets]
+        fg_boxes = [t.proposals[keep] for t, keep in zip(targets, fg)]
+        mask_logits = self.mask_head(self._shared(self.mask_pooler(features, fg_boxes)))
+        size = mask_logits.shape[-1]
+        mask_targets = []
+        for t, keep, gt in zip(targets, fg, gt_instances):
+            if gt.masks is None:
+                raise ValueError("training needs ground-truth masks for every image")
+            boxes = t.proposals[keep]
+            rois = torch.cat([t.matched_gt[keep, None].to(boxes), boxes], dim=1)  # [F, 5]
+            if gt.masks.shape[0] == 0:
+                mask_targets.append(boxes.new_zeros((0, size, size)))
+                continue
+            gt_masks = gt.masks[:, None].to(boxes.dtype)  # [G, 1, H, W]
+            cut = roi_align(gt_masks, rois, size, 1.0, -1, self.mask_cfg.pooler.aligned)
+            mask_targets.append(cut[:, 0])
+        labels = torch.cat([t.labels[keep] for t, keep in zip(targets, fg)])
+        return mask_loss(mask_logits, labels, torch.cat(mask_targets), kind=self.mask_cfg.loss)

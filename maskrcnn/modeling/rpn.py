@@ -15,9 +15,11 @@ from torch import Tensor, nn
 from torchvision.ops import batched_nms, clip_boxes_to_image, remove_small_boxes
 
 from maskrcnn.config import NormKind, RPNConfig
+from maskrcnn.losses import rpn_losses
 from maskrcnn.modeling.anchors import AnchorGenerator
 from maskrcnn.modeling.layers import ConvNorm
-from maskrcnn.ops.boxes import decode_boxes
+from maskrcnn.modeling.sampling import label_anchors, sample_balanced
+from maskrcnn.ops.boxes import decode_boxes, encode_boxes
 from maskrcnn.structures import ImageList
 
 
@@ -166,5 +168,39 @@ class RPN(nn.Module):
         )
         losses: dict[str, Tensor] = {}
         if gt_boxes is not None:
-            raise NotImplementedError("RPN training losses are not implemented yet")
+            losses = self.losses(torch.cat(anchors), objectness, deltas, gt_boxes)
         return proposals, losses
+
+    def losses(
+        self,
+        anchors: Tensor,
+        objectness: list[Tensor],
+        deltas: list[Tensor],
+        gt_boxes: list[Tensor],
+    ) -> dict[str, Tensor]:
+        """Matches anchors ([M, 4], all levels) to ground truth, samples them, scores them."""
+        cfg = self.cfg
+        num_anchors = anchors.shape[0]
+        labels, targets, positives, negatives = [], [], [], []
+        for i, boxes in enumerate(gt_boxes):
+            image_labels, matched = label_anchors(
+                anchors, boxes.to(anchors), high=cfg.fg_iou_thresh, low=cfg.bg_iou_thresh
+            )
+            pos, neg = sample_balanced(
+                image_labels,
+                batch_size=cfg.batch_size_per_image,
+                positive_fraction=cfg.positive_fraction,
+            )
+            labels.append(image_labels)
+            targets.append(encode_boxes(matched, anchors, cfg.box_coder_weights))
+            positives.append(pos + i * num_anchors)
+            negatives.append(neg + i * num_anchors)
+        return rpn_losses(
+            torch.cat(objectness, dim=1).reshape(-1),
+            torch.cat(deltas, dim=1).reshape(-1, 4),
+            torch.cat(labels),
+            torch.cat(targets),
+            torch.cat(positives),
+            torch.cat(negatives),
+            smooth_l1_beta=cfg.smooth_l1_beta,
+        )
