@@ -106,7 +106,31 @@ class ConvNorm(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """x: [N, C_in, H, W] -> [N, C_out, H', W']."""
-        return self.norm(self.conv(x))
+        folded = self.folded_weight_and_bias()
+        if folded is None:
+            return self.norm(self.conv(x))
+        weight, bias = folded
+        return self.conv._conv_forward(x, weight, bias)
+
+    def folded_weight_and_bias(self) -> tuple[Tensor, Tensor] | None:
+        """Conv weight and bias with an affine norm folded in, or None if the norm is not affine.
+
+        FrozenBatchNorm2d, and BatchNorm2d in eval mode, are a per-channel scale and shift of
+        the conv's output, so ``norm(conv(x)) == conv'(x)`` with ``w' = w * scale`` and
+        ``b' = b * scale + shift``. Folding on every call (the weights are small) saves two
+        passes over each feature map and never goes stale after a weight update.
+        """
+        norm = self.norm
+        if isinstance(norm, FrozenBatchNorm2d):
+            scale, shift = norm.scale_and_shift()
+        elif isinstance(norm, nn.BatchNorm2d) and not norm.training and norm.track_running_stats:
+            scale = norm.weight * (norm.running_var + norm.eps).rsqrt()
+            shift = norm.bias - norm.running_mean * scale
+        else:
+            return None
+        weight = self.conv.weight * scale.reshape(-1, 1, 1, 1)
+        bias = shift if self.conv.bias is None else self.conv.bias * scale + shift
+        return weight, bias
 
 
 def freeze(module: nn.Module) -> nn.Module:

@@ -115,8 +115,9 @@ def test_backbone_anchors_and_proposals_match(pair, test_images):
         nearest = distance.min(dim=1)
         assert nearest.indices.unique().numel() == len(p)
         assert nearest.values.max().item() < 1e-3
-        displaced = (nearest.indices != torch.arange(len(p))).sum().item()
-        assert displaced <= 0.01 * len(p), displaced
+        # Only local swaps: no proposal moves more than a few places in the ranking.
+        shift = (nearest.indices - torch.arange(len(p))).abs().max().item()
+        assert shift <= 5, shift
 
 
 def test_pooled_features_and_detections_match(pair, test_images):
