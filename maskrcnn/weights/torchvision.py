@@ -205,7 +205,10 @@ def from_torchvision(
 
 def load_exact(model: torch.nn.Module, state_dict: Mapping[str, Tensor], *, source: str) -> None:
     """Loads every tensor; missing or unexpected keys raise a ``ValueError`` naming them."""
-    result = model.load_state_dict(dict(state_dict), strict=False)
+    try:
+        result = model.load_state_dict(dict(state_dict), strict=False)
+    except RuntimeError as err:  # shape mismatches
+        raise ValueError(f"{source} does not fit the model: {err}") from err
     if result.missing_keys or result.unexpected_keys:
         raise ValueError(
             f"{source} does not fit the model: missing {result.missing_keys[:8]}, "
