@@ -21,6 +21,20 @@ from maskrcnn.modeling.rpn import RPN
 from maskrcnn.structures import Instances
 
 
+def target_to_instances(target: dict[str, Tensor] | Instances, image: Tensor) -> Instances:
+    """A torchvision-style target dict (``boxes``, ``labels``, ``masks``) as Instances."""
+    if isinstance(target, Instances):
+        return target
+    missing = [k for k in ("boxes", "labels", "masks") if k not in target]
+    if missing:
+        raise ValueError(f"targets: missing field(s) {missing}")
+    size = (int(image.shape[-2]), int(image.shape[-1]))
+    masks = target["masks"]
+    if masks.shape[-2:] != size:
+        raise ValueError(f"targets: masks are {tuple(masks.shape[-2:])}, image is {size}")
+    return Instances(image_size=size, boxes=target["boxes"], labels=target["labels"], masks=masks)
+
+
 class MaskRCNN(nn.Module):
     """The whole model. Build it with :func:`maskrcnn.build_model`."""
 
@@ -57,11 +71,41 @@ class MaskRCNN(nn.Module):
             pixels, ``labels`` [N] int64, ``scores`` [N] and ``masks`` [N, 1, H_i, W_i] in [0, 1].
         """
         if self.training:
-            raise NotImplementedError("training-mode forward is not implemented yet")
+            if targets is None:
+                raise ValueError("training mode needs targets (or call model.eval() first)")
+            return self.losses(
+                images, [target_to_instances(t, img) for t, img in zip(targets, images)]
+            )
         return [r.to_dict() for r in self.detect(images)]
 
-    def detect(self, images: list[Tensor]) -> list[Instances]:
-        """Detections per image, in each image's own pixels, with soft masks [N, 1, H, W]."""
+    def losses(self, images: list[Tensor], gt_instances: list[Instances]) -> dict[str, Tensor]:
+        """Training losses of a batch.
+
+        Images are used at the size they come in (the data pipeline resizes and flips them,
+        see ``maskrcnn.data.transforms``); they are normalised and padded here.
+
+        Returns:
+            ``loss_objectness``, ``loss_rpn_box_reg``, ``loss_classifier``, ``loss_box_reg`` and
+            ``loss_mask``, scalars whose sum is the Mask R-CNN loss.
+        """
+        batch = self.preprocessor(images, resize=False)
+        features = self.backbone(batch.tensor)
+        gt_boxes = [gt.boxes for gt in gt_instances]
+        proposals, rpn_losses = self.rpn(batch, [features[k] for k in self.rpn_features], gt_boxes)
+        _, roi_losses = self.roi_heads(
+            [features[k] for k in self.roi_features], proposals, batch.image_sizes, gt_instances
+        )
+        return {**rpn_losses, **roi_losses}
+
+    def detect(self, images: list[Tensor], *, paste_masks: bool = True) -> list[Instances]:
+        """Detections per image, boxes in each image's own pixels.
+
+        Args:
+            images: [3, H_i, W_i] RGB floats in [0, 1].
+            paste_masks: True: soft masks pasted into the image, [N, 1, H_i, W_i]. False: masks
+                left in the RoI frame, [N, 1, M, M] probabilities, so that a caller (e.g. an
+                evaluator) can paste and encode one detection at a time.
+        """
         original_sizes = [(int(img.shape[-2]), int(img.shape[-1])) for img in images]
         batch = self.preprocessor(images)
         features = self.backbone(batch.tensor)
@@ -69,7 +113,7 @@ class MaskRCNN(nn.Module):
         results, _ = self.roi_heads(
             [features[k] for k in self.roi_features], proposals, batch.image_sizes
         )
-        paste = self.cfg.mask_head.paste
+        paste = self.cfg.mask_head.paste if paste_masks else None
         return [
             self._named(to_input_frame(r, size, paste=paste))
             for r, size in zip(results, original_sizes)

@@ -76,14 +76,17 @@ class Preprocessor(nn.Module):
         return ImageList.from_tensors(prepared, size_divisibility=self.cfg.size_divisibility)
 
 
-def to_input_frame(result: Instances, original_size: tuple[int, int], *, paste: str) -> Instances:
+def to_input_frame(
+    result: Instances, original_size: tuple[int, int], *, paste: str | None
+) -> Instances:
     """Maps one image's detections from resized-input pixels to its original size.
 
-    Boxes are rescaled; RoI-frame masks ([D, 1, M, M]) are pasted into [D, 1, H, W].
+    Boxes are rescaled; RoI-frame masks ([D, 1, M, M]) are pasted into [D, 1, H, W] with the
+    ``paste`` method ("torchvision" or "grid_sample"), or left in the RoI frame when None.
     """
     boxes = scale_boxes(result.boxes, result.image_size, original_size)
     masks = result.masks
-    if masks is not None:
+    if masks is not None and paste is not None:
         paste_fn = paste_masks_torchvision if paste == "torchvision" else paste_masks_grid_sample
         masks = paste_fn(masks, boxes, original_size)
     return Instances(
