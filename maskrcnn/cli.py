@@ -3,9 +3,19 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
+
+from maskrcnn.data.cli import add_data_commands
+from maskrcnn.engine.cli import add_engine_commands
+
+
+def add_optional_train_command(sub) -> None:
+    try:
+        from maskrcnn.engine.train_cli import add_train_command
+    except ImportError:
+        return
+    add_train_command(sub)
 
 
 def _cmd_explain(args: argparse.Namespace) -> int:
@@ -33,46 +43,10 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_predict(args: argparse.Namespace) -> int:
-    from maskrcnn.weights.pretrained import from_pretrained
-
-    model = from_pretrained(args.weights)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    records = []
-    for path in _image_paths(args.images):
-        result = model.predict(path)
-        records.append(
-            {
-                "file": str(path),
-                "boxes": result.boxes.tolist(),
-                "scores": result.scores.tolist() if result.scores is not None else [],
-                "labels": result.labels.tolist(),
-                "categories": result.category_names,
-            }
-        )
-        print(f"{path}: {len(result)} instances")
-    (out / "predictions.json").write_text(json.dumps(records, indent=1))
-    return 0
-
-
-def _image_paths(items: list[str]) -> list[Path]:
-    suffixes = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
-    paths: list[Path] = []
-    for item in items:
-        p = Path(item)
-        if p.is_dir():
-            paths.extend(sorted(q for q in p.iterdir() if q.suffix.lower() in suffixes))
-        elif p.is_file():
-            paths.append(p)
-        else:
-            raise SystemExit(f"maskrcnn predict: no such file or folder: {p}")
-    return paths
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="maskrcnn", description="Mask R-CNN from scratch: explain, predict, demo."
+        prog="maskrcnn",
+        description="Mask R-CNN from scratch: data, train, eval, predict, explain, demo.",
     )
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -85,11 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("--out", required=True, help="PNG file to write")
     explain.set_defaults(func=_cmd_explain)
 
-    predict = sub.add_parser("predict", help="detect and segment instances in images")
-    predict.add_argument("images", nargs="+", help="image files or folders")
-    predict.add_argument("--weights", required=True, help="model file or pretrained name")
-    predict.add_argument("--out", required=True, help="output folder")
-    predict.set_defaults(func=_cmd_predict)
+    add_data_commands(sub)
+    add_engine_commands(sub)
+    add_optional_train_command(sub)
     return parser
 
 

@@ -10,12 +10,29 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 from torch import Tensor
 
+EXIF_ORIENTATION = 0x0112
+# EXIF orientations that rotate by 90 or 270 degrees, i.e. swap width and height.
+_TRANSPOSING_ORIENTATIONS = (5, 6, 7, 8)
+# Everything PIL raises for a file it cannot decode (truncated, corrupt, a bomb, bad EXIF).
+DECODE_ERRORS = (
+    UnidentifiedImageError,
+    OSError,
+    SyntaxError,
+    ValueError,
+    Image.DecompressionBombError,
+)
+
+
+class ImageReadError(ValueError):
+    """An image file exists but cannot be decoded; the message names the file."""
+
 
 def load_image(path: str | Path) -> Tensor:
     """Reads an image file as a [3, H, W] float RGB tensor in [0, 1].
 
-    EXIF orientation is applied; grayscale, palette, RGBA and 16-bit images are converted.
-    A missing or unreadable file raises an error that names it.
+    EXIF orientation is applied; grayscale, palette, RGBA and 16-bit images are converted
+    (alpha is dropped, 16-bit values are divided by 65535). A missing file raises
+    ``FileNotFoundError`` and an undecodable one :class:`ImageReadError`; both name the file.
     """
     path = Path(path)
     if not path.is_file():
@@ -24,15 +41,44 @@ def load_image(path: str | Path) -> Tensor:
         with Image.open(path) as img:
             img = ImageOps.exif_transpose(img)
             return pil_to_tensor(img)
-    except (UnidentifiedImageError, OSError, SyntaxError) as err:
-        raise ValueError(f"cannot read image {path}: {err}") from err
+    except DECODE_ERRORS as err:
+        raise ImageReadError(f"cannot read image {path}: {err}") from err
+
+
+def image_size(path: str | Path) -> tuple[int, int]:
+    """(height, width) of an image as :func:`load_image` returns it, from the header only.
+
+    The EXIF orientation is taken into account (a 90-degree rotation swaps the sides); the
+    pixel data is not decoded, so a corrupt body goes unnoticed here.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"image not found: {path}")
+    try:
+        with Image.open(path) as img:
+            width, height = img.size
+            orientation = exif_orientation(img)
+    except DECODE_ERRORS as err:
+        raise ImageReadError(f"cannot read image {path}: {err}") from err
+    if orientation in _TRANSPOSING_ORIENTATIONS:
+        return width, height
+    return height, width
+
+
+def exif_orientation(img: Image.Image) -> int:
+    """The EXIF orientation tag (1..8) of an open image; 1 when absent or unreadable."""
+    try:
+        value = img.getexif().get(EXIF_ORIENTATION, 1)
+    except DECODE_ERRORS:
+        return 1
+    return int(value) if isinstance(value, int) and 1 <= value <= 8 else 1
 
 
 def pil_to_tensor(img: Image.Image) -> Tensor:
     """PIL image of any mode -> [3, H, W] float RGB in [0, 1]."""
     if img.mode in ("I;16", "I;16B", "I;16L", "I"):
         array = np.asarray(img, dtype=np.float32)
-        peak = 65535.0 if img.mode.startswith("I;16") or array.max() > 255 else 255.0
+        peak = 65535.0 if img.mode.startswith("I;16") or array.max(initial=0) > 255 else 255.0
         gray = torch.from_numpy(array / peak).clamp(0, 1)
         return gray[None].expand(3, -1, -1).contiguous()
     if img.mode != "RGB":
