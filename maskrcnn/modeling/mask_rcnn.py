@@ -15,6 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from maskrcnn.config import ModelConfig
+from maskrcnn.modeling.precision import autocast, resolve_precision
 from maskrcnn.modeling.preprocess import Preprocessor, to_input_frame
 from maskrcnn.modeling.roi_heads import RoIHeads
 from maskrcnn.modeling.rpn import RPN
@@ -57,6 +58,8 @@ class MaskRCNN(nn.Module):
         self.roi_heads = roi_heads
         self.rpn_features = rpn_features
         self.roi_features = roi_features
+        # Inference precision: "fp32", or "bf16" autocast (falls back to fp32 where slow).
+        self.precision = "fp32"
 
     def forward(self, images: list[Tensor], targets: list[dict[str, Tensor]] | None = None) -> Any:
         """torchvision's API: losses (training, with targets) or one dict per image (eval).
@@ -108,11 +111,14 @@ class MaskRCNN(nn.Module):
         """
         original_sizes = [(int(img.shape[-2]), int(img.shape[-1])) for img in images]
         batch = self.preprocessor(images)
-        features = self.backbone(batch.tensor)
-        proposals, _ = self.rpn(batch, [features[k] for k in self.rpn_features])
-        results, _ = self.roi_heads(
-            [features[k] for k in self.roi_features], proposals, batch.image_sizes
-        )
+        device = batch.tensor.device
+        pixels = batch.tensor.contiguous(memory_format=torch.channels_last)
+        with autocast(resolve_precision(self.precision, device), device):
+            features = self.backbone(pixels)
+            proposals, _ = self.rpn(batch, [features[k] for k in self.rpn_features])
+            results, _ = self.roi_heads(
+                [features[k] for k in self.roi_features], proposals, batch.image_sizes
+            )
         paste = self.cfg.mask_head.paste if paste_masks else None
         return [
             self._named(to_input_frame(r, size, paste=paste))

@@ -93,7 +93,8 @@ class MultiLevelRoIPooler(nn.Module):
         """
         if len(features) != len(self.strides):
             raise ValueError(f"pooler expects {len(self.strides)} levels, got {len(features)}")
-        rois = boxes_to_rois(boxes).to(features[0].dtype)
+        # Coordinates stay at least fp32 even when the features are bf16/fp16.
+        rois = boxes_to_rois(boxes).to(torch.promote_types(features[0].dtype, torch.float32))
         if len(features) == 1:
             return self.pool(features[0], rois, self.scales[0])
         levels = assign_levels(

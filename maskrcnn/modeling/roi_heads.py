@@ -92,13 +92,15 @@ class RoIHeads(nn.Module):
             return [], self.losses(features, proposals, gt_instances)
         box_features = self._shared(self.box_pooler(features, proposals))
         class_logits, box_deltas = self.box_predictor(self.box_head(box_features))
-        detections = detect_boxes(class_logits, box_deltas, proposals, image_sizes, self.box_cfg)
+        detections = detect_boxes(
+            class_logits.float(), box_deltas.float(), proposals, image_sizes, self.box_cfg
+        )
 
         detected_boxes = [d.boxes for d in detections]
         labels = torch.cat([d.labels for d in detections])
         if labels.numel() > 0:
             mask_features = self._shared(self.mask_pooler(features, detected_boxes))
-            mask_logits = self.mask_head(mask_features)
+            mask_logits = self.mask_head(mask_features).float()
             mask_probs = mask_probs_for_labels(mask_logits, labels, loss=self.mask_cfg.loss)
         else:
             size = 2 * self.mask_cfg.pooler.output_size

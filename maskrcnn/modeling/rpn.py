@@ -161,8 +161,9 @@ class RPN(nn.Module):
         """
         objectness_maps, delta_maps = self.head(features)
         anchors = self.anchor_generator(images.padded_size, features)
-        objectness = [flatten_objectness(o) for o in objectness_maps]
-        deltas = [flatten_deltas(d) for d in delta_maps]
+        # fp32 from here on, whatever precision the convolutions ran at.
+        objectness = [flatten_objectness(o).float() for o in objectness_maps]
+        deltas = [flatten_deltas(d).float() for d in delta_maps]
         proposals, _ = select_proposals(
             anchors, objectness, deltas, images.image_sizes, self.proposal_params()
         )

@@ -1,0 +1,281 @@
+"""Inference latency and memory: ours vs torchvision's maskrcnn_resnet50_fpn, same weights.
+
+Both models hold the same random weights (torchvision's, randomised, converted with
+``from_torchvision``), see the same 640x480 picture (resized to 800x1066 inside the models)
+with ``box_score_thresh=0`` so that 100 detections go through the mask head, and run
+interleaved in one process. Prints median latency, peak RSS during a call (Linux VmHWM, reset
+before each call), the share of time per stage, and the FLOP floor: the model's FLOPs
+(torch.utils.flop_counter) divided by this machine's measured matrix-multiply rate.
+
+    python benchmarks/inference.py [--reps 7] [--threads 2] [--bf16]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from helpers import randomize_  # noqa: E402
+from torchvision.models.detection import maskrcnn_resnet50_fpn  # noqa: E402
+
+import maskrcnn.modeling.mask_rcnn as our_mask_rcnn  # noqa: E402
+from maskrcnn import from_torchvision  # noqa: E402
+
+
+def reset_peak_rss() -> None:
+    """Resets the kernel's peak-RSS counter of this process (Linux)."""
+    Path("/proc/self/clear_refs").write_text("5")
+
+
+def peak_rss_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def current_rss_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+class StageTimer:
+    """Accumulates wall time spent inside named modules (forward hooks)."""
+
+    def __init__(self, stages: dict[str, list[nn.Module]]) -> None:
+        self.totals: dict[str, float] = defaultdict(float)
+        self._start: dict[int, float] = {}
+        for name, modules in stages.items():
+            for module in modules:
+                module.register_forward_pre_hook(self._pre)
+                module.register_forward_hook(self._post(name))
+
+    def _pre(self, module, args):
+        self._start[id(module)] = time.perf_counter()
+
+    def _post(self, name):
+        def hook(module, args, output):
+            self.totals[name] += time.perf_counter() - self._start.pop(id(module))
+
+        return hook
+
+    def add(self, name: str, seconds: float) -> None:
+        self.totals[name] += seconds
+
+    def reset(self) -> None:
+        self.totals.clear()
+
+
+def timed(fn, timer: StageTimer, name: str):
+    def wrapper(*args, **kwargs):
+        start = time.perf_counter()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            timer.add(name, time.perf_counter() - start)
+
+    return wrapper
+
+
+def matmul_rate(dtype: torch.dtype, n: int = 2048, reps: int = 5) -> float:
+    """Median FLOP/s of an n x n x n matrix multiply in ``dtype``."""
+    a = torch.randn(n, n).to(dtype)
+    b = torch.randn(n, n).to(dtype)
+    a @ b
+    times = []
+    for _ in range(reps):
+        start = time.perf_counter()
+        a @ b
+        times.append(time.perf_counter() - start)
+    return 2 * n**3 / statistics.median(times)
+
+
+def count_flops(model: nn.Module, images: list[torch.Tensor]) -> int:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model(images)
+    return counter.get_total_flops()
+
+
+STAGES = ["backbone", "fpn", "rpn", "box head", "mask head", "paste"]
+
+
+def mask_agreement(a: dict, b: dict) -> tuple[float, int]:
+    """Greedy matching of b's detections to a's (same label, box IoU > 0.5, best first);
+    returns the mean IoU of the binarised (>= 0.5) masks of matched pairs and their count."""
+    from torchvision.ops import box_iou
+
+    iou = box_iou(a["boxes"], b["boxes"])
+    iou[a["labels"][:, None] != b["labels"][None, :]] = 0
+    used: set[int] = set()
+    ious = []
+    for i in range(len(a["boxes"])):
+        order = iou[i].argsort(descending=True).tolist()
+        j = next((j for j in order if j not in used and iou[i, j] > 0.5), None)
+        if j is None:
+            continue
+        used.add(j)
+        ma, mb = a["masks"][i, 0] >= 0.5, b["masks"][j, 0] >= 0.5
+        union = (ma | mb).sum().item()
+        ious.append((ma & mb).sum().item() / union if union else 1.0)
+    return (sum(ious) / len(ious) if ious else float("nan")), len(ious)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--reps", type=int, default=7)
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+
+    kwargs = dict(box_score_thresh=0.0)
+    torch.manual_seed(0)
+    reference = randomize_(maskrcnn_resnet50_fpn(weights=None, weights_backbone=None, **kwargs))
+    reference.eval()
+    ours = from_torchvision(reference.state_dict(), "v1", norm_eps=1e-5, **kwargs)
+    image = torch.rand(3, 480, 640, generator=torch.Generator().manual_seed(1))
+    images = [image]
+
+    ref_timer = StageTimer(
+        {
+            "backbone": [reference.backbone.body],
+            "fpn": [reference.backbone.fpn],
+            "rpn": [reference.rpn],
+            "box head": [
+                reference.roi_heads.box_roi_pool,
+                reference.roi_heads.box_head,
+                reference.roi_heads.box_predictor,
+            ],
+            "mask head": [
+                reference.roi_heads.mask_roi_pool,
+                reference.roi_heads.mask_head,
+                reference.roi_heads.mask_predictor,
+            ],
+        }
+    )
+    reference.transform.postprocess = timed(reference.transform.postprocess, ref_timer, "paste")
+    our_timer = StageTimer(
+        {
+            "backbone": [ours.backbone.bottom_up],
+            "fpn": [ours.backbone.fpn],
+            "rpn": [ours.rpn],
+            "box head": [
+                ours.roi_heads.box_pooler,
+                ours.roi_heads.box_head,
+                ours.roi_heads.box_predictor,
+            ],
+            "mask head": [ours.roi_heads.mask_pooler, ours.roi_heads.mask_head],
+        }
+    )
+
+    ours_bf16 = from_torchvision(reference.state_dict(), "v1", norm_eps=1e-5, **kwargs)
+    ours_bf16.precision = "bf16"
+    bf16_timer = StageTimer(
+        {
+            "backbone": [ours_bf16.backbone.bottom_up],
+            "fpn": [ours_bf16.backbone.fpn],
+            "rpn": [ours_bf16.rpn],
+            "box head": [
+                ours_bf16.roi_heads.box_pooler,
+                ours_bf16.roi_heads.box_head,
+                ours_bf16.roi_heads.box_predictor,
+            ],
+            "mask head": [ours_bf16.roi_heads.mask_pooler, ours_bf16.roi_heads.mask_head],
+        }
+    )
+    # Both of our models call the same module-level paste: charge it to whichever is running.
+    running: list[StageTimer] = [our_timer]
+    paste = our_mask_rcnn.to_input_frame
+
+    def timed_paste(*args, **kwargs):
+        start = time.perf_counter()
+        try:
+            return paste(*args, **kwargs)
+        finally:
+            running[0].add("paste", time.perf_counter() - start)
+
+    our_mask_rcnn.to_input_frame = timed_paste
+    runners = {
+        "torchvision": (reference, ref_timer),
+        "ours": (ours, our_timer),
+        "ours bf16": (ours_bf16, bf16_timer),
+    }
+    with torch.no_grad():
+        for model, _ in runners.values():  # warm-up
+            model(images)
+    times: dict[str, list[float]] = defaultdict(list)
+    peaks: dict[str, list[float]] = defaultdict(list)
+    for timer in (ref_timer, our_timer, bf16_timer):
+        timer.reset()
+    with torch.no_grad():
+        for _ in range(args.reps):
+            for name, (model, timer) in runners.items():
+                running[0] = timer
+                base = current_rss_mb()
+                reset_peak_rss()
+                start = time.perf_counter()
+                out = model(images)
+                times[name].append(time.perf_counter() - start)
+                peaks[name].append(peak_rss_mb() - base)
+                assert len(out[0]["boxes"]) == 100
+                del out
+
+    flops = count_flops(ours, images)
+    rate = matmul_rate(torch.float32)
+    rate_bf16 = matmul_rate(torch.bfloat16)
+    floor = flops / rate
+    floors = {"torchvision": floor, "ours": floor, "ours bf16": flops / rate_bf16}
+    print("# Mask R-CNN R50-FPN inference, 640x480 -> 800x1066, 100 detections, fp32")
+    print(f"CPU threads: {torch.get_num_threads()}; torch {torch.__version__}; reps {args.reps}")
+    print(f"model FLOPs: {flops / 1e9:.1f} G; fp32 matmul rate: {rate / 1e9:.0f} GFLOP/s")
+    print(f"bf16 matmul rate: {rate_bf16 / 1e9:.0f} GFLOP/s")
+    print(
+        f"floor (FLOPs / matmul rate): fp32 {floor * 1000:.0f} ms, "
+        f"bf16 {floors['ours bf16'] * 1000:.0f} ms\n"
+    )
+    print("| implementation | median latency (ms) | x its floor | peak extra RSS (MB) |")
+    print("|---|---|---|---|")
+    for name in runners:
+        med = statistics.median(times[name])
+        print(
+            f"| {name} | {med * 1000:.0f} | {med / floors[name]:.2f} | "
+            f"{statistics.median(peaks[name]):.0f} |"
+        )
+    for name in ("ours", "ours bf16"):
+        ratio = statistics.median(times["torchvision"]) / statistics.median(times[name])
+        print(f"speed-up (torchvision fp32 / {name}): {ratio:.2f}x")
+    with torch.no_grad():
+        fp32_out = ours(images)[0]
+        bf16_out = ours_bf16(images)[0]
+        ref_out = reference(images)[0]
+    iou, matched = mask_agreement(fp32_out, bf16_out)
+    print(f"bf16 vs our fp32: {matched}/100 detections matched (same label, box IoU > 0.5), ")
+    print(f"mean mask IoU {iou:.4f}")
+    iou_tv, matched_tv = mask_agreement(ref_out, fp32_out)
+    print(f"our fp32 vs torchvision: {matched_tv}/100 matched, mean mask IoU {iou_tv:.4f}\n")
+    print("| stage | " + " | ".join(runners) + " |")
+    print("|---|" + "---|" * len(runners))
+    for stage in STAGES:
+        cells = []
+        for name, (_, timer) in runners.items():
+            total = sum(times[name])
+            cells.append(
+                f"{timer.totals[stage] / args.reps * 1000:.0f} ms "
+                f"({100 * timer.totals[stage] / total:.0f}%)"
+            )
+        print(f"| {stage} | " + " | ".join(cells) + " |")
+
+
+if __name__ == "__main__":
+    main()
