@@ -8,14 +8,7 @@ from pathlib import Path
 
 from maskrcnn.data.cli import add_data_commands
 from maskrcnn.engine.cli import add_engine_commands
-
-
-def add_optional_train_command(sub) -> None:
-    try:
-        from maskrcnn.engine.train_cli import add_train_command
-    except ImportError:
-        return
-    add_train_command(sub)
+from maskrcnn.engine.train_cli import add_train_command
 
 
 def _cmd_explain(args: argparse.Namespace) -> int:
@@ -61,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_data_commands(sub)
     add_engine_commands(sub)
-    add_optional_train_command(sub)
+    add_train_command(sub)
     return parser
 
 
