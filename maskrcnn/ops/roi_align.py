@@ -25,6 +25,12 @@ gradient reaches the arg-max sample's four neighbours with their bilinear weight
 The result is linear in the features for "avg", exact up to float rounding, with no Python loop
 over RoIs: work is vectorised over RoIs and chunked so that no padded intermediate exceeds
 ``CHUNK_ELEMENTS`` elements (``[k, PH, PW, taps]``, never ``[K, C, H, W]``).
+
+One knowing difference from the kernel: taps whose bilinear weight is exactly 0 are skipped, so
+an inf/NaN feature under a zero weight does not turn the bin into NaN (the kernel computes
+``0 * inf``). torchvision's kernel also fails on two inputs this handles: a NaN box (it
+crashes; here the samples are 0) and an inverted box with ``aligned=True`` and adaptive
+sampling (a negative sample count; here the bin has no samples and is 0).
 """
 
 from __future__ import annotations
