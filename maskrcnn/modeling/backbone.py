@@ -67,10 +67,10 @@ class BasicBlock(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """x: [N, C_in, H, W] -> [N, C_out, H / stride, W / stride] (rounded up)."""
-        out = F.relu(self.conv1(x))
+        out = F.relu(self.conv1(x), inplace=True)
         out = self.conv2(out)
         identity = x if self.shortcut is None else self.shortcut(x)
-        return F.relu(out + identity)
+        return F.relu(out.add_(identity), inplace=True)
 
 
 class Bottleneck(nn.Module):
@@ -112,11 +112,11 @@ class Bottleneck(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """x: [N, C_in, H, W] -> [N, C_out, H / stride, W / stride] (rounded up)."""
-        out = F.relu(self.conv1(x))
-        out = F.relu(self.conv2(out))
+        out = F.relu(self.conv1(x), inplace=True)
+        out = F.relu(self.conv2(out), inplace=True)
         out = self.conv3(out)
         identity = x if self.shortcut is None else self.shortcut(x)
-        return F.relu(out + identity)
+        return F.relu(out.add_(identity), inplace=True)
 
 
 def _make_shortcut(
@@ -200,7 +200,7 @@ class Stem(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """x: [N, 3, H, W] -> [N, 64, ceil(H / 4), ceil(W / 4)]."""
-        x = F.relu(self.conv1(x))
+        x = F.relu(self.conv1(x), inplace=True)
         return F.max_pool2d(x, kernel_size=3, stride=2, padding=1)
 
 

@@ -60,11 +60,11 @@ class MaskHead(nn.Module):
         if self.cfg.head_type == "mlp":
             x = x.flatten(1)
             for fc in self.fcs:
-                x = F.relu(fc(x))
+                x = F.relu(fc(x), inplace=True)
             return self.predictor(x).view(-1, self.num_mask_classes, self.mask_size, self.mask_size)
         for conv in self.convs:
-            x = F.relu(conv(x))
-        x = F.relu(self.deconv(x))
+            x = F.relu(conv(x), inplace=True)
+        x = F.relu(self.deconv(x), inplace=True)
         return self.predictor(x)
 
 

@@ -46,7 +46,7 @@ class RPNHead(nn.Module):
         objectness, deltas = [], []
         for x in features:
             for conv in self.convs:
-                x = torch.relu(conv(x))
+                x = torch.relu_(conv(x))
             objectness.append(self.objectness_logits(x))
             deltas.append(self.anchor_deltas(x))
         return objectness, deltas
