@@ -93,6 +93,7 @@ def main() -> None:
     parser.add_argument("--data", required=True, help="shapes folder (train.json, val.json)")
     parser.add_argument("--minutes", type=float, default=DemoSettings.max_minutes)
     parser.add_argument("--out", default=None, help="write the figures as JSON here")
+    parser.add_argument("--lr", type=float, default=DemoSettings.lr, help="learning rate")
     args = parser.parse_args()
     settings = DemoSettings()
     torch.manual_seed(settings.seed)
@@ -103,7 +104,7 @@ def main() -> None:
     val = CocoDataset(data / "val.json", data / "images")
     model = build_reference(train_set.categories.num_classes)
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.SGD(params, lr=settings.lr, momentum=0.9, weight_decay=1e-4)
+    optimizer = torch.optim.SGD(params, lr=args.lr, momentum=0.9, weight_decay=1e-4)
     milestones = [int(0.8 * settings.max_iter), int(0.95 * settings.max_iter)]
 
     def factor(step: int) -> float:
@@ -133,11 +134,13 @@ def main() -> None:
         step += 1
         if step % 20 == 0:
             print(f"step {step}: loss {loss.item():.3f}", flush=True)
+        if not torch.isfinite(loss):
+            raise SystemExit(f"diverged at step {step} (lr {args.lr}): non-finite loss")
         if step >= settings.max_iter or time.perf_counter() - start > args.minutes * 60:
             break
     minutes = (time.perf_counter() - start) / 60
     stats = evaluate(model, val)
-    report = {"steps": step, "minutes": round(minutes, 2), **stats}
+    report = {"lr": args.lr, "steps": step, "minutes": round(minutes, 2), **stats}
     print(json.dumps(report))
     if args.out:
         Path(args.out).write_text(json.dumps(report, indent=1))

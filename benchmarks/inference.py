@@ -76,6 +76,18 @@ class StageTimer:
         self.totals.clear()
 
 
+def our_stages(model) -> dict[str, list[nn.Module]]:
+    """Our model's modules grouped by pipeline stage (the paste is timed separately)."""
+    heads = model.roi_heads
+    return {
+        "backbone": [model.backbone.bottom_up],
+        "fpn": [model.backbone.fpn],
+        "rpn": [model.rpn],
+        "box head": [heads.box_pooler, heads.box_head, heads.box_predictor],
+        "mask head": [heads.mask_pooler, heads.mask_head],
+    }
+
+
 def timed(fn, timer: StageTimer, name: str):
     def wrapper(*args, **kwargs):
         start = time.perf_counter()
@@ -179,35 +191,10 @@ def main() -> None:
         }
     )
     reference.transform.postprocess = timed(reference.transform.postprocess, ref_timer, "paste")
-    our_timer = StageTimer(
-        {
-            "backbone": [ours.backbone.bottom_up],
-            "fpn": [ours.backbone.fpn],
-            "rpn": [ours.rpn],
-            "box head": [
-                ours.roi_heads.box_pooler,
-                ours.roi_heads.box_head,
-                ours.roi_heads.box_predictor,
-            ],
-            "mask head": [ours.roi_heads.mask_pooler, ours.roi_heads.mask_head],
-        }
-    )
-
+    our_timer = StageTimer(our_stages(ours))
     ours_bf16 = from_torchvision(reference.state_dict(), "v1", norm_eps=1e-5, **kwargs)
     ours_bf16.precision = "bf16"
-    bf16_timer = StageTimer(
-        {
-            "backbone": [ours_bf16.backbone.bottom_up],
-            "fpn": [ours_bf16.backbone.fpn],
-            "rpn": [ours_bf16.rpn],
-            "box head": [
-                ours_bf16.roi_heads.box_pooler,
-                ours_bf16.roi_heads.box_head,
-                ours_bf16.roi_heads.box_predictor,
-            ],
-            "mask head": [ours_bf16.roi_heads.mask_pooler, ours_bf16.roi_heads.mask_head],
-        }
-    )
+    bf16_timer = StageTimer(our_stages(ours_bf16))
     # Both of our models call the same module-level paste: charge it to whichever is running.
     running: list[StageTimer] = [our_timer]
     paste = our_mask_rcnn.to_input_frame
