@@ -9,6 +9,7 @@ RoI-operator explainer figure.
 
 from __future__ import annotations
 
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -104,7 +105,9 @@ def run_demo(out: str | Path, settings: DemoSettings = DemoSettings()) -> DemoRe
         seed=settings.seed,
         num_workers=settings.workers,
     )
-    resume = (run_dir / "last.ckpt").is_file()
+    if (run_dir / "model_final.safetensors").is_file():
+        shutil.rmtree(run_dir)  # a finished demo run: train afresh
+    resume = (run_dir / "last.ckpt").is_file()  # an interrupted one: carry on
     result = train(cfg, resume=resume)
     if result.final_model is None or result.eval is None:
         raise RuntimeError(f"demo training stopped early ({result.stop_reason}); rerun to resume")
