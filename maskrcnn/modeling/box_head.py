@@ -15,7 +15,7 @@ from torch import Tensor, nn
 from torchvision.ops import batched_nms, clip_boxes_to_image, remove_small_boxes
 
 from maskrcnn.config import BoxHeadConfig
-from maskrcnn.modeling.layers import ConvNorm
+from maskrcnn.modeling.layers import ConvNorm, linear_relu
 from maskrcnn.ops.boxes import decode_boxes
 
 
@@ -47,7 +47,7 @@ class BoxHead(nn.Module):
             x = F.relu(conv(x), inplace=True)
         x = x.flatten(1)
         for fc in self.fcs:
-            x = F.relu(fc(x), inplace=True)
+            x = linear_relu(x, fc)
         return x
 
 

@@ -8,6 +8,7 @@ norm kind is one config field. The activation is applied by the caller.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from maskrcnn.config import NormKind
@@ -138,3 +139,25 @@ def freeze(module: nn.Module) -> nn.Module:
     for p in module.parameters():
         p.requires_grad_(False)
     return module
+
+
+def linear_relu(x: Tensor, fc: nn.Linear) -> Tensor:
+    """``relu(fc(x))``; on CPU fp32 inference through oneDNN's fused linear when available.
+
+    PyTorch's fp32 ``F.linear`` on CPU goes to the BLAS library, which on some CPUs (AMD with
+    MKL) runs at half of oneDNN's rate; the box head's 12544 x 1024 layer is the largest
+    matrix product of the model. The oneDNN op has no autograd, so it is used only when no
+    gradient is recorded and autocast is off.
+    """
+    fused = getattr(torch.ops.mkldnn, "_linear_pointwise", None)
+    if (
+        fused is not None
+        and x.device.type == "cpu"
+        and x.dtype == torch.float32
+        and fc.weight.dtype == torch.float32
+        and not torch.is_grad_enabled()
+        and not torch.is_autocast_enabled("cpu")
+        and torch.backends.mkldnn.is_available()
+    ):
+        return fused(x, fc.weight, fc.bias, "relu", [], "")
+    return F.relu(fc(x), inplace=True)
