@@ -88,6 +88,33 @@ def our_stages(model) -> dict[str, list[nn.Module]]:
     }
 
 
+def trained_agreement(model_path: str, image_dir: str, limit: int = 40) -> str:
+    """bf16 vs fp32 mask IoU of a trained model's confident (score >= 0.5) detections."""
+    from maskrcnn import load_model
+    from maskrcnn.data.io import load_image
+
+    fp32 = load_model(model_path)
+    bf16 = load_model(model_path)
+    bf16.precision = "bf16"
+    files = sorted(p for p in Path(image_dir).iterdir() if p.suffix.lower() in {".png", ".jpg"})
+    weighted, matched, total = 0.0, 0, 0
+    with torch.no_grad():
+        for path in files[:limit]:
+            image = load_image(path)
+            a, b = fp32([image])[0], bf16([image])[0]
+            keep = a["scores"] >= 0.5
+            a = {k: v[keep] for k, v in a.items()}
+            iou, n = mask_agreement(a, b)
+            total += int(keep.sum())
+            matched += n
+            weighted += iou * n if n else 0.0
+    mean = weighted / matched if matched else float("nan")
+    return (
+        f"trained model {model_path}: bf16 matched {matched}/{total} confident fp32 "
+        f"detections, mean mask IoU {mean:.4f}"
+    )
+
+
 def timed(fn, timer: StageTimer, name: str):
     def wrapper(*args, **kwargs):
         start = time.perf_counter()
@@ -162,6 +189,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--reps", type=int, default=7)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument(
+        "--trained",
+        nargs=2,
+        metavar=("MODEL", "IMAGES"),
+        help="also compare bf16 with fp32 on a trained model file over a folder of images",
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -265,6 +298,8 @@ def main() -> None:
     iou, matched = mask_agreement(fp32_out, bf16_out)
     print(f"bf16 vs our fp32: {matched}/100 detections matched (same label, box IoU > 0.5), ")
     print(f"mean mask IoU {iou:.4f}")
+    if args.trained:
+        print(trained_agreement(*args.trained))
     iou_tv, matched_tv = mask_agreement(ref_out, fp32_out)
     print(f"our fp32 vs torchvision: {matched_tv}/100 matched, mean mask IoU {iou_tv:.4f}\n")
     print("| stage | " + " | ".join(runners) + " |")
