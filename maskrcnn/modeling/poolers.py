@@ -15,16 +15,7 @@ from torch import Tensor, nn
 
 from maskrcnn.config import PoolerConfig
 from maskrcnn.ops import roi_align, roi_pool, roi_warp
-
-
-def boxes_to_rois(boxes: list[Tensor]) -> Tensor:
-    """Per-image boxes ([L_i, 4] each) -> [K, 5] rois (batch index, x1, y1, x2, y2)."""
-    if not boxes:
-        raise ValueError("boxes: expected one tensor per image")
-    batch_idx = torch.cat(
-        [torch.full_like(b[:, :1], i) for i, b in enumerate(boxes)], dim=0
-    )  # [K, 1]
-    return torch.cat([batch_idx, torch.cat(boxes, dim=0)], dim=1)
+from maskrcnn.ops._roi_args import boxes_to_rois
 
 
 def assign_levels(
@@ -93,8 +84,8 @@ class MultiLevelRoIPooler(nn.Module):
         """
         if len(features) != len(self.strides):
             raise ValueError(f"pooler expects {len(self.strides)} levels, got {len(features)}")
-        # Coordinates stay at least fp32 even when the features are bf16/fp16.
-        rois = boxes_to_rois(boxes).to(torch.promote_types(features[0].dtype, torch.float32))
+        # [K, 5]; coordinates stay at least fp32 even when the features are bf16/fp16.
+        rois = boxes_to_rois(boxes, features[0])
         if len(features) == 1:
             return self.pool(features[0], rois, self.scales[0])
         levels = assign_levels(
