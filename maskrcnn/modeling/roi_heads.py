@@ -103,7 +103,9 @@ class RoIHeads(nn.Module):
             mask_logits = self.mask_head(mask_features).float()
             mask_probs = mask_probs_for_labels(mask_logits, labels, loss=self.mask_cfg.loss)
         else:
-            size = 2 * self.mask_cfg.pooler.output_size
+            # The deconvolution doubles the pooled size; C4's res5 halves it first.
+            pooled = self.mask_cfg.pooler.output_size
+            size = pooled if self.shared_head is not None else 2 * pooled
             mask_probs = features[0].new_zeros((0, 1, size, size))
         per_image = mask_probs.split([len(b) for b in detected_boxes])
         results = [
