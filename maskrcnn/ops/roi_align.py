@@ -134,10 +134,8 @@ def _grid(size: Tensor, bins: int, sampling_ratio: int) -> Tensor:
 def align_features(
     input: Tensor,
     batch: Tensor,
-    start_y: Tensor,
-    size_y: Tensor,
-    start_x: Tensor,
-    size_x: Tensor,
+    start: Tensor,
+    extent: Tensor,
     output_size: tuple[int, int],
     sampling_ratio: int,
     reduction: str,
@@ -147,7 +145,8 @@ def align_features(
     Args:
         input: [N, C, H, W] features.
         batch: [K] int64 image index of each RoI (K >= 1).
-        start_y, size_y, start_x, size_x: [K] RoI origin and extent, geometry dtype.
+        start: [K, 2] RoI origin (x, y) in feature-map coordinates, geometry dtype.
+        extent: [K, 2] RoI size (w, h), geometry dtype.
         output_size: (PH, PW).
         sampling_ratio: samples per bin and axis; <= 0 for ``ceil(size / bins)``.
         reduction: "avg" or "max".
@@ -158,6 +157,8 @@ def align_features(
     n, c, h, w = input.shape
     ph, pw = output_size
     num_rois = batch.shape[0]
+    start_x, start_y = start.unbind(1)
+    size_x, size_y = extent.unbind(1)
     table = to_channels_last_table(input, geometry_dtype(input.dtype))  # [N*H*W, C]
     grid_y, grid_x = _grid(size_y, ph, sampling_ratio), _grid(size_x, pw, sampling_ratio)
     samples_y = axis_samples(start_y, size_y, ph, grid_y, h)  # 4 x [K, PH, Gy] + [K, 1, Gy]
@@ -317,17 +318,7 @@ def roi_align(
     if not aligned:
         extent = extent.clamp(min=1.0)  # malformed RoIs are forced to 1x1
     batch = rois[:, 0].to(torch.int64)
-    return align_features(
-        input,
-        batch,
-        start[:, 1],
-        extent[:, 1],
-        start[:, 0],
-        extent[:, 0],
-        size,
-        sampling_ratio,
-        reduction,
-    )
+    return align_features(input, batch, start, extent, size, sampling_ratio, reduction)
 
 
 class RoIAlign(nn.Module):

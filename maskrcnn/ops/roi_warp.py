@@ -81,17 +81,7 @@ def roi_warp(
         return empty_output(input, size)
     start, extent = quantize_rois(rois, spatial_scale)
     batch = rois[:, 0].to(torch.int64)
-    return align_features(
-        input,
-        batch,
-        start[:, 1],
-        extent[:, 1],
-        start[:, 0],
-        extent[:, 0],
-        size,
-        sampling_ratio,
-        "avg",
-    )
+    return align_features(input, batch, start, extent, size, sampling_ratio, "avg")
 
 
 class RoIWarp(nn.Module):
