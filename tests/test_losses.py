@@ -7,6 +7,9 @@ features, same ground truth, same random seed, so the same anchors and RoIs are 
 
 from __future__ import annotations
 
+import copy
+import dataclasses
+
 import pytest
 import torch
 from helpers import randomize_
@@ -129,29 +132,36 @@ def test_rpn_training_losses_match_torchvision(training_pair):
     assert [len(p) for p in props] == [len(p) for p in ref_props]
 
 
+def _roi_head_inputs(reference, ours, images, targets):
+    """FPN features (torchvision's dict and our list), 300 random proposals per image, GT."""
+    with torch.no_grad():
+        batch = ours.preprocessor(images, resize=False)
+        features = reference.backbone(batch.tensor)
+    level_maps = [features[k] for k in ["0", "1", "2", "3"]]
+    gen = torch.Generator().manual_seed(9)
+    proposals = []
+    for h, w in batch.image_sizes:
+        xy = torch.rand(300, 2, generator=gen) * torch.tensor([w - 40.0, h - 40.0])
+        proposals.append(torch.cat([xy, xy + 8 + torch.rand(300, 2, generator=gen) * 150], 1))
+    gt = [
+        Instances(image_size=s, boxes=t["boxes"], labels=t["labels"], masks=t["masks"])
+        for s, t in zip(batch.image_sizes, targets)
+    ]
+    return features, level_maps, proposals, gt, batch.image_sizes
+
+
 def test_roi_head_training_losses_match_torchvision(training_pair):
     reference, ours, images, targets = training_pair
     reference.roi_heads.train()
     ours.roi_heads.train()
+    features, level_maps, proposals, gt, sizes = _roi_head_inputs(reference, ours, images, targets)
     with torch.no_grad():
-        batch = ours.preprocessor(images, resize=False)
-        features = reference.backbone(batch.tensor)
-        level_maps = [features[k] for k in ["0", "1", "2", "3"]]
-        gen = torch.Generator().manual_seed(9)
-        proposals = []
-        for h, w in batch.image_sizes:
-            xy = torch.rand(300, 2, generator=gen) * torch.tensor([w - 40.0, h - 40.0])
-            proposals.append(torch.cat([xy, xy + 8 + torch.rand(300, 2, generator=gen) * 150], 1))
         torch.manual_seed(7)
         _, ref_losses = reference.roi_heads(
-            features, [p.clone() for p in proposals], batch.image_sizes, targets
+            features, [p.clone() for p in proposals], sizes, targets
         )
-        gt = [
-            Instances(image_size=s, boxes=t["boxes"], labels=t["labels"], masks=t["masks"])
-            for s, t in zip(batch.image_sizes, targets)
-        ]
         torch.manual_seed(7)
-        _, losses = ours.roi_heads(level_maps, proposals, batch.image_sizes, gt)
+        _, losses = ours.roi_heads(level_maps, proposals, sizes, gt)
     assert set(losses) == set(ref_losses)
     for name, value in ref_losses.items():
         torch.testing.assert_close(losses[name], value, rtol=1e-4, atol=1e-5)
@@ -178,3 +188,24 @@ def test_model_training_forward_gives_finite_losses_and_gradients(training_pair)
     }
     assert all(torch.isfinite(v) for v in losses.values())
     assert grad.abs().sum() > 0 and backbone_grad.abs().sum() > 0
+
+
+def test_padded_mask_batch_gives_the_same_loss_and_gradients(training_pair):
+    """Padding the foreground RoIs to a fixed batch size changes no number of the mask loss."""
+    reference, ours, images, targets = training_pair
+    _, level_maps, proposals, gt, sizes = _roi_head_inputs(reference, ours, images, targets)
+    results, head_batches = [], []
+    for multiple in (1, 64):
+        heads = copy.deepcopy(ours.roi_heads).train()
+        heads.mask_cfg = dataclasses.replace(heads.mask_cfg, train_batch_multiple=multiple)
+        heads.mask_head.register_forward_pre_hook(lambda m, x: head_batches.append(len(x[0])))
+        torch.manual_seed(7)
+        _, losses = heads(level_maps, proposals, sizes, gt)
+        losses["loss_mask"].backward()
+        results.append((losses["loss_mask"], heads.mask_head.convs[0].conv.weight.grad))
+    (loss, grad), (padded_loss, padded_grad) = results
+    num_fg, padded = head_batches
+    assert padded % 64 == 0 and 0 < num_fg < padded  # the padding did happen
+    assert loss > 0
+    torch.testing.assert_close(padded_loss, loss, rtol=1e-6, atol=0)
+    torch.testing.assert_close(padded_grad, grad, rtol=1e-5, atol=1e-8)

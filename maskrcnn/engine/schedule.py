@@ -1,4 +1,4 @@
-"""SGD with the Mask R-CNN recipe: parameter groups and an iteration-based learning rate.
+"""SGD (the Mask R-CNN recipe) or AdamW: parameter groups and an iteration-based learning rate.
 
 The rate at step ``t`` is ``lr * warmup(t) * gamma ** (number of milestones <= t)``, with a
 linear warm-up from ``warmup_factor`` to 1 over ``warmup_iters`` steps (Goyal et al., 2017).
@@ -53,17 +53,35 @@ def build_sgd(
     return torch.optim.SGD(groups, lr=lr, momentum=momentum)
 
 
+def build_adamw(
+    model: nn.Module,
+    *,
+    lr: float,
+    beta1: float,
+    weight_decay: float,
+    no_decay_norm_bias: bool = False,
+) -> torch.optim.AdamW:
+    """AdamW (decoupled weight decay) over :func:`parameter_groups`; beta2 is 0.999."""
+    groups = parameter_groups(
+        model, weight_decay=weight_decay, no_decay_norm_bias=no_decay_norm_bias
+    )
+    if not groups:
+        raise ValueError("the model has no trainable parameter")
+    return torch.optim.AdamW(groups, lr=lr, betas=(beta1, 0.999))
+
+
 def build_optimization(
     model: nn.Module, cfg: TrainConfig
-) -> tuple[torch.optim.SGD, WarmupMultiStepLR]:
+) -> tuple[torch.optim.Optimizer, WarmupMultiStepLR]:
     """The optimizer and learning-rate schedule a :class:`TrainConfig` describes."""
-    optimizer = build_sgd(
-        model,
-        lr=cfg.lr,
-        momentum=cfg.momentum,
-        weight_decay=cfg.weight_decay,
-        no_decay_norm_bias=cfg.no_decay_norm_bias,
+    common = dict(
+        lr=cfg.lr, weight_decay=cfg.weight_decay, no_decay_norm_bias=cfg.no_decay_norm_bias
     )
+    optimizer: torch.optim.Optimizer
+    if cfg.optimizer == "adamw":
+        optimizer = build_adamw(model, beta1=cfg.momentum, **common)
+    else:
+        optimizer = build_sgd(model, momentum=cfg.momentum, **common)
     scheduler = WarmupMultiStepLR(
         optimizer,
         base_lr=cfg.lr,

@@ -21,6 +21,8 @@ from maskrcnn.config import PRESETS, ModelConfig, override, preset
 
 AmpMode = Literal["none", "auto", "bf16", "fp16"]
 AMP_MODES = ("none", "auto", "bf16", "fp16")
+OptimizerKind = Literal["sgd", "adamw"]
+OPTIMIZERS = ("sgd", "adamw")
 
 # Fields the dataset decides; an override of them is an error.
 _DATASET_FIELDS = ("num_classes", "category_names")
@@ -47,8 +49,10 @@ class TrainConfig:
             cleanly (checkpoint, evaluation, final model). None: no budget.
         base_lr: learning rate for ``base_batch_size`` images per step.
         base_batch_size: the batch ``base_lr`` refers to (linear scaling).
-        momentum: SGD momentum.
-        weight_decay: L2 penalty of SGD.
+        optimizer: "sgd" (momentum, L2 weight decay: the paper's recipe) or "adamw" (Adam
+            with decoupled weight decay; ``momentum`` is its beta1, beta2 is 0.999).
+        momentum: SGD momentum (AdamW's beta1).
+        weight_decay: L2 penalty of SGD (AdamW: decoupled decay per step, times the rate).
         no_decay_norm_bias: no weight decay on 1-D parameters (biases, norm scales/shifts).
         warmup_iters: steps of linear warm-up.
         warmup_factor: learning-rate factor at step 0 of the warm-up.
@@ -86,6 +90,7 @@ class TrainConfig:
     max_minutes: float | None = None
     base_lr: float = 0.02
     base_batch_size: int = 16
+    optimizer: OptimizerKind = "sgd"
     momentum: float = 0.9
     weight_decay: float = 1e-4
     no_decay_norm_bias: bool = False
@@ -163,6 +168,8 @@ class TrainConfig:
         steps = self.lr_steps
         if any(not 0 < s <= 1 for s in steps) or any(a >= b for a, b in zip(steps, steps[1:])):
             fail("lr_steps", "must be increasing fractions of max_iter in (0, 1]")
+        if self.optimizer not in OPTIMIZERS:
+            fail("optimizer", f"must be one of {list(OPTIMIZERS)}")
         if self.amp not in AMP_MODES:
             fail("amp", f"must be one of {list(AMP_MODES)}")
         if self.preset not in PRESETS:

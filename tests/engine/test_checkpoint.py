@@ -16,7 +16,8 @@ import torch
 from engine.train_setup import cli_args, subprocess_env, tiny_config, train_command, write_shapes
 
 from maskrcnn.engine import checkpoint as ckpt
-from maskrcnn.engine.schedule import WarmupMultiStepLR
+from maskrcnn.engine.schedule import WarmupMultiStepLR, build_optimization
+from maskrcnn.engine.train_config import TrainConfig
 
 
 def _state(iteration: int, value: float = 0.0) -> ckpt.TrainingState:
@@ -132,6 +133,24 @@ def test_schedule_warmup_steps_and_state() -> None:
     other = WarmupMultiStepLR(optimizer, base_lr=0.1, milestones=(6, 8), warmup_iters=4)
     other.load_state_dict(sched.state_dict())
     assert optimizer.param_groups[0]["lr"] == pytest.approx(0.001)
+
+
+def test_optimizer_kinds_get_the_configured_groups_and_schedule() -> None:
+    model = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.BatchNorm1d(2))
+    model[1].weight.requires_grad_(False)  # frozen parameters are left out
+    base = TrainConfig("a.json", "imgs", batch_size=16, base_lr=0.02, weight_decay=0.05)
+    base = base.replace(warmup_iters=0, no_decay_norm_bias=True)
+    sgd, _ = build_optimization(model, base)
+    adamw, sched = build_optimization(model, base.replace(optimizer="adamw", momentum=0.8))
+    assert type(sgd) is torch.optim.SGD and type(adamw) is torch.optim.AdamW
+    assert adamw.defaults["betas"] == (0.8, 0.999) and sgd.defaults["momentum"] == 0.9
+    for optimizer in (sgd, adamw):
+        groups = [(len(g["params"]), g["weight_decay"]) for g in optimizer.param_groups]
+        assert groups == [(1, 0.05), (2, 0.0)]  # linear weight; linear bias + BN bias
+    sched.step()
+    assert [g["lr"] for g in adamw.param_groups] == [0.02, 0.02]
+    with pytest.raises(ValueError, match="optimizer"):
+        base.replace(optimizer="lamb")
 
 
 def _wait_for(path: Path, proc: subprocess.Popen, timeout: float) -> None:
