@@ -21,11 +21,13 @@ from maskrcnn.data.shapes import write_shapes_dataset
 from maskrcnn.engine.train_config import TrainConfig
 from maskrcnn.engine.trainer import train
 from maskrcnn.engine.visualize import predictions_grid
+from maskrcnn.modeling.precision import cpu_has_fast_bf16
 from maskrcnn.weights.native import load_model
 
 # A ResNet-18-FPN slimmed for 192x256 images and a CPU: trainable BatchNorm (no ImageNet
 # weights offline, so the backbone learns from scratch), 128-channel FPN and mask head,
-# anchors from 16 to 256 pixels, fewer sampled anchors and RoIs per image.
+# anchors from 16 to 256 pixels, fewer sampled anchors, proposals and RoIs per image, and the
+# mask head's training batch padded to multiples of 64 RoIs (bf16 kernels are built once).
 DEMO_MODEL_OVERRIDES: tuple[str, ...] = (
     "backbone.norm=bn",
     "backbone.freeze_at=0",
@@ -36,10 +38,12 @@ DEMO_MODEL_OVERRIDES: tuple[str, ...] = (
     "input.max_size=256",
     "anchors.sizes=[[16],[32],[64],[128],[256]]",
     "rpn.batch_size_per_image=128",
+    "rpn.pre_nms_topk_train=500",
     "rpn.post_nms_topk_train=500",
     "rpn.pre_nms_topk_test=500",
     "rpn.post_nms_topk_test=300",
     "box_head.batch_size_per_image=128",
+    "mask_head.train_batch_multiple=64",
 )
 
 
@@ -51,9 +55,12 @@ class DemoSettings:
     val_images: int = 100
     seed: int = 0
     batch_size: int = 8
-    lr: float = 0.04
-    max_iter: int = 450
-    max_minutes: float = 10.0
+    optimizer: str = "adamw"  # from scratch in minutes, AdamW learns ~2x faster than SGD
+    lr: float = 5e-4
+    weight_decay: float = 0.05
+    amp: str = "bf16"  # autocast; fp32 on CPUs that emulate bf16 (no AVX-512 BF16 / AMX)
+    max_iter: int = 750
+    max_minutes: float = 10.5
     warmup_iters: int = 50
     workers: int = 1
     grid_images: int = 6
@@ -84,6 +91,10 @@ def run_demo(out: str | Path, settings: DemoSettings = DemoSettings()) -> DemoRe
         )
     print(f"data: {settings.train_images} train / {settings.val_images} val images in {data_dir}")
     run_dir = out / "run"
+    amp = settings.amp
+    if amp == "bf16" and not torch.cuda.is_available() and not cpu_has_fast_bf16():
+        print("this CPU emulates bf16 (no AVX-512 BF16 or AMX): training in fp32")
+        amp = "none"
     cfg = TrainConfig(
         train_ann=str(data_dir / "train.json"),
         train_images=str(data_dir / "images"),
@@ -93,13 +104,15 @@ def run_demo(out: str | Path, settings: DemoSettings = DemoSettings()) -> DemoRe
         preset="r18_fpn",
         model_overrides=DEMO_MODEL_OVERRIDES,
         batch_size=settings.batch_size,
+        optimizer=settings.optimizer,
         base_lr=settings.lr,
         base_batch_size=settings.batch_size,
+        weight_decay=settings.weight_decay,
         max_iter=settings.max_iter,
         max_minutes=settings.max_minutes,
         warmup_iters=settings.warmup_iters,
         lr_steps=(0.8, 0.95),
-        amp="none",
+        amp=amp,
         checkpoint_period=100,
         eval_period=0,
         seed=settings.seed,
