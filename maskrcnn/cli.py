@@ -34,7 +34,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     explained = draw_roi_ops(out / "roi_ops.png")
     print(f"RoI operators explained: {explained.path}")
     _print_pooled(explained)
-    settings = DemoSettings(max_minutes=args.minutes)
+    settings = DemoSettings() if args.minutes is None else DemoSettings.for_budget(args.minutes)
     result = run_demo(out, settings)
     print(f"\ndemo finished in {result.minutes:.1f} min ({result.iterations} training steps)")
     print(f"  box AP  (0.5:0.95): {result.box_ap:.3f}")
@@ -55,7 +55,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="run the main demo (writes its outputs to --out)")
     demo.add_argument("--out", default="out/demo", help="output folder")
     demo.add_argument(
-        "--minutes", type=float, default=10.0, help="training budget in minutes (default 10)"
+        "--minutes",
+        type=float,
+        default=None,
+        help="training budget in minutes (default 10.5: 750 steps); steps scale with it",
     )
     demo.set_defaults(func=_cmd_demo)
 

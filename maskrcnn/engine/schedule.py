@@ -36,52 +36,41 @@ def parameter_groups(
     return [g for g in groups if g["params"]]
 
 
-def build_sgd(
+def build_optimizer(
     model: nn.Module,
     *,
+    kind: str,
     lr: float,
     momentum: float,
     weight_decay: float,
     no_decay_norm_bias: bool = False,
-) -> torch.optim.SGD:
-    """SGD with momentum over :func:`parameter_groups`."""
+) -> torch.optim.Optimizer:
+    """SGD with momentum, or AdamW (``momentum`` is its beta1, beta2 is 0.999), over
+    :func:`parameter_groups`."""
     groups = parameter_groups(
         model, weight_decay=weight_decay, no_decay_norm_bias=no_decay_norm_bias
     )
     if not groups:
         raise ValueError("the model has no trainable parameter")
-    return torch.optim.SGD(groups, lr=lr, momentum=momentum)
-
-
-def build_adamw(
-    model: nn.Module,
-    *,
-    lr: float,
-    beta1: float,
-    weight_decay: float,
-    no_decay_norm_bias: bool = False,
-) -> torch.optim.AdamW:
-    """AdamW (decoupled weight decay) over :func:`parameter_groups`; beta2 is 0.999."""
-    groups = parameter_groups(
-        model, weight_decay=weight_decay, no_decay_norm_bias=no_decay_norm_bias
-    )
-    if not groups:
-        raise ValueError("the model has no trainable parameter")
-    return torch.optim.AdamW(groups, lr=lr, betas=(beta1, 0.999))
+    if kind == "sgd":
+        return torch.optim.SGD(groups, lr=lr, momentum=momentum)
+    if kind == "adamw":
+        return torch.optim.AdamW(groups, lr=lr, betas=(momentum, 0.999))
+    raise ValueError(f"unknown optimizer {kind!r}; choose 'sgd' or 'adamw'")
 
 
 def build_optimization(
     model: nn.Module, cfg: TrainConfig
 ) -> tuple[torch.optim.Optimizer, WarmupMultiStepLR]:
     """The optimizer and learning-rate schedule a :class:`TrainConfig` describes."""
-    common = dict(
-        lr=cfg.lr, weight_decay=cfg.weight_decay, no_decay_norm_bias=cfg.no_decay_norm_bias
+    optimizer = build_optimizer(
+        model,
+        kind=cfg.optimizer,
+        lr=cfg.lr,
+        momentum=cfg.momentum,
+        weight_decay=cfg.weight_decay,
+        no_decay_norm_bias=cfg.no_decay_norm_bias,
     )
-    optimizer: torch.optim.Optimizer
-    if cfg.optimizer == "adamw":
-        optimizer = build_adamw(model, beta1=cfg.momentum, **common)
-    else:
-        optimizer = build_sgd(model, momentum=cfg.momentum, **common)
     scheduler = WarmupMultiStepLR(
         optimizer,
         base_lr=cfg.lr,

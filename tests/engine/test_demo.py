@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from maskrcnn.engine.demo import DemoSettings, run_demo
 
 
@@ -22,3 +24,13 @@ def test_tiny_demo_writes_everything(tmp_path):
     for path in (result.model, result.grid, result.curves):
         assert path.is_file() and path.stat().st_size > 0
     assert result.grid.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_budget_scales_the_schedule():
+    default = DemoSettings()
+    assert DemoSettings.for_budget(default.max_minutes) == default
+    longer = DemoSettings.for_budget(3 * default.max_minutes)
+    assert longer.max_iter == 3 * default.max_iter and longer.max_minutes == 3 * default.max_minutes
+    assert DemoSettings.for_budget(0.01).max_iter == default.warmup_iters + 1
+    with pytest.raises(ValueError, match="positive"):
+        DemoSettings.for_budget(0)
