@@ -142,11 +142,6 @@ class MaskHeadConfig:
     # or an unquantised grid-sample paste (default for our own models).
     paste: Literal["torchvision", "grid_sample"] = "grid_sample"
     threshold: float = 0.5  # used by predict() to binarise masks
-    # Training only: pad the mask head's batch of foreground RoIs with zero rows up to a
-    # multiple of this (the padding is cut off before the loss, so losses and gradients are
-    # unchanged). The RoI count varies every step and oneDNN builds new bf16 kernels for each
-    # new batch size on CPU; a few fixed sizes avoid that. 1: no padding.
-    train_batch_multiple: int = 1
 
 
 @dataclass(frozen=True)

@@ -7,9 +7,6 @@ features, same ground truth, same random seed, so the same anchors and RoIs are 
 
 from __future__ import annotations
 
-import copy
-import dataclasses
-
 import pytest
 import torch
 from helpers import randomize_
@@ -188,24 +185,3 @@ def test_model_training_forward_gives_finite_losses_and_gradients(training_pair)
     }
     assert all(torch.isfinite(v) for v in losses.values())
     assert grad.abs().sum() > 0 and backbone_grad.abs().sum() > 0
-
-
-def test_padded_mask_batch_gives_the_same_loss_and_gradients(training_pair):
-    """Padding the foreground RoIs to a fixed batch size changes no number of the mask loss."""
-    reference, ours, images, targets = training_pair
-    _, level_maps, proposals, gt, sizes = _roi_head_inputs(reference, ours, images, targets)
-    results, head_batches = [], []
-    for multiple in (1, 64):
-        heads = copy.deepcopy(ours.roi_heads).train()
-        heads.mask_cfg = dataclasses.replace(heads.mask_cfg, train_batch_multiple=multiple)
-        heads.mask_head.register_forward_pre_hook(lambda m, x: head_batches.append(len(x[0])))
-        torch.manual_seed(7)
-        _, losses = heads(level_maps, proposals, sizes, gt)
-        losses["loss_mask"].backward()
-        results.append((losses["loss_mask"], heads.mask_head.convs[0].conv.weight.grad))
-    (loss, grad), (padded_loss, padded_grad) = results
-    num_fg, padded = head_batches
-    assert padded % 64 == 0 and 0 < num_fg < padded  # the padding did happen
-    assert loss > 0
-    torch.testing.assert_close(padded_loss, loss, rtol=1e-6, atol=0)
-    torch.testing.assert_close(padded_grad, grad, rtol=1e-5, atol=1e-8)

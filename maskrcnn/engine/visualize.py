@@ -189,6 +189,9 @@ def plot_curves(metrics_jsonl_path: str | Path, out_png: str | Path) -> Path:
             xs, ys = zip(*points)
             ax.plot(xs, ys, label=key, marker="o" if title == "AP" else None, linewidth=1.2)
         ax.set_xlabel("iteration")
+        if title == "AP":  # on its whole scale, so a single point or a small gap is not magnified
+            ax.set_ylim(0.0, 1.0)
+            ax.set_xlim(left=0)
         ax.set_title(title)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)

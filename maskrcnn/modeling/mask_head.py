@@ -25,16 +25,6 @@ class MaskHead(nn.Module):
 
     def __init__(self, *, cfg: MaskHeadConfig, in_channels: int, num_classes: int) -> None:
         super().__init__()
-        if not isinstance(cfg.train_batch_multiple, int) or cfg.train_batch_multiple < 1:
-            raise ValueError(
-                f"mask_head.train_batch_multiple: must be a positive integer, "
-                f"got {cfg.train_batch_multiple!r}"
-            )
-        if cfg.train_batch_multiple > 1 and cfg.conv_norm == "bn":
-            raise ValueError(
-                "mask_head.train_batch_multiple > 1 needs conv_norm other than 'bn' "
-                "(padding rows would enter the batch statistics)"
-            )
         self.cfg = cfg
         self.num_mask_classes = 1 if cfg.class_agnostic else num_classes
         size = cfg.pooler.output_size

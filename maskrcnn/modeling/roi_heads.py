@@ -9,7 +9,6 @@ pooled features of both branches.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from maskrcnn.config import BoxHeadConfig, MaskHeadConfig
@@ -151,13 +150,7 @@ class RoIHeads(nn.Module):
         """Mask loss on the foreground RoIs; targets cut from the ground-truth masks."""
         fg = [t.labels > 0 for t in targets]
         fg_boxes = [t.proposals[keep] for t, keep in zip(targets, fg)]
-        mask_features = self._shared(self.mask_pooler(features, fg_boxes))  # [F, C, S, S]
-        num_fg = mask_features.shape[0]
-        padded = -(-max(num_fg, 1) // self.mask_cfg.train_batch_multiple)
-        padded *= self.mask_cfg.train_batch_multiple
-        if padded > num_fg:  # fixed batch sizes for the convolutions; rows cut off below
-            mask_features = F.pad(mask_features, (0, 0, 0, 0, 0, 0, 0, padded - num_fg))
-        mask_logits = self.mask_head(mask_features)[:num_fg]
+        mask_logits = self.mask_head(self._shared(self.mask_pooler(features, fg_boxes)))
         size = mask_logits.shape[-1]
         mask_targets = []
         for t, keep, gt in zip(targets, fg, gt_instances):
