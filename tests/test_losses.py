@@ -129,36 +129,29 @@ def test_rpn_training_losses_match_torchvision(training_pair):
     assert [len(p) for p in props] == [len(p) for p in ref_props]
 
 
-def _roi_head_inputs(reference, ours, images, targets):
-    """FPN features (torchvision's dict and our list), 300 random proposals per image, GT."""
-    with torch.no_grad():
-        batch = ours.preprocessor(images, resize=False)
-        features = reference.backbone(batch.tensor)
-    level_maps = [features[k] for k in ["0", "1", "2", "3"]]
-    gen = torch.Generator().manual_seed(9)
-    proposals = []
-    for h, w in batch.image_sizes:
-        xy = torch.rand(300, 2, generator=gen) * torch.tensor([w - 40.0, h - 40.0])
-        proposals.append(torch.cat([xy, xy + 8 + torch.rand(300, 2, generator=gen) * 150], 1))
-    gt = [
-        Instances(image_size=s, boxes=t["boxes"], labels=t["labels"], masks=t["masks"])
-        for s, t in zip(batch.image_sizes, targets)
-    ]
-    return features, level_maps, proposals, gt, batch.image_sizes
-
-
 def test_roi_head_training_losses_match_torchvision(training_pair):
     reference, ours, images, targets = training_pair
     reference.roi_heads.train()
     ours.roi_heads.train()
-    features, level_maps, proposals, gt, sizes = _roi_head_inputs(reference, ours, images, targets)
     with torch.no_grad():
+        batch = ours.preprocessor(images, resize=False)
+        features = reference.backbone(batch.tensor)
+        level_maps = [features[k] for k in ["0", "1", "2", "3"]]
+        gen = torch.Generator().manual_seed(9)
+        proposals = []
+        for h, w in batch.image_sizes:
+            xy = torch.rand(300, 2, generator=gen) * torch.tensor([w - 40.0, h - 40.0])
+            proposals.append(torch.cat([xy, xy + 8 + torch.rand(300, 2, generator=gen) * 150], 1))
         torch.manual_seed(7)
         _, ref_losses = reference.roi_heads(
-            features, [p.clone() for p in proposals], sizes, targets
+            features, [p.clone() for p in proposals], batch.image_sizes, targets
         )
+        gt = [
+            Instances(image_size=s, boxes=t["boxes"], labels=t["labels"], masks=t["masks"])
+            for s, t in zip(batch.image_sizes, targets)
+        ]
         torch.manual_seed(7)
-        _, losses = ours.roi_heads(level_maps, proposals, sizes, gt)
+        _, losses = ours.roi_heads(level_maps, proposals, batch.image_sizes, gt)
     assert set(losses) == set(ref_losses)
     for name, value in ref_losses.items():
         torch.testing.assert_close(losses[name], value, rtol=1e-4, atol=1e-5)
