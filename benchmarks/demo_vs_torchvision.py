@@ -113,7 +113,7 @@ def main() -> None:
         optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=settings.weight_decay)
     else:
         optimizer = torch.optim.SGD(params, lr=args.lr, momentum=0.9, weight_decay=1e-4)
-    milestones = [int(0.8 * settings.max_iter), int(0.95 * settings.max_iter)]
+    milestones = [int(f * settings.max_iter) for f in settings.lr_steps]
 
     def factor(step: int) -> float:
         warm = min(1.0, 0.001 + (1 - 0.001) * step / settings.warmup_iters)

@@ -60,6 +60,7 @@ class DemoSettings:
     max_iter: int = 750
     max_minutes: float = 10.5
     warmup_iters: int = 50
+    lr_steps: tuple[float, ...] = (0.8, 0.95)  # decay x0.1 at these fractions of max_iter
     eval_period: int = 250  # AP points for the curves (~7 s each); the last step always evaluates
     workers: int = 1
     grid_images: int = 6
@@ -125,7 +126,7 @@ def run_demo(out: str | Path, settings: DemoSettings = DemoSettings()) -> DemoRe
         max_iter=settings.max_iter,
         max_minutes=settings.max_minutes,
         warmup_iters=settings.warmup_iters,
-        lr_steps=(0.8, 0.95),
+        lr_steps=settings.lr_steps,
         amp=amp,
         checkpoint_period=100,
         eval_period=settings.eval_period,
