@@ -30,7 +30,7 @@ from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
 from maskrcnn.data.coco import CocoDataset
 from maskrcnn.data.loader import build_train_loader
 from maskrcnn.data.transforms import train_transforms
-from maskrcnn.engine.demo import DemoSettings
+from maskrcnn.demo import DemoSettings
 
 
 def build_reference(num_classes: int) -> MaskRCNN:

@@ -322,3 +322,76 @@ def torchvision_v2(num_classes: int = 91) -> ModelConfig:
         box_head=dataclasses.replace(cfg.box_head, num_convs=4, conv_norm="bn", num_fc=1),
         mask_head=dataclasses.replace(cfg.mask_head, conv_norm="bn"),
     )
+
+
+_FLOAT32_TINY = 1.1754943508222875e-38  # the smallest positive normal float32
+
+
+def detectron2_config(
+    num_classes: int = 80,
+    *,
+    depth: int = 50,
+    min_size: int | tuple[int, ...] = (640, 672, 704, 736, 768, 800),
+    max_size: int = 1333,
+    score_thresh: float = 0.05,
+    nms_thresh: float = 0.5,
+    detections_per_image: int = 100,
+    mask_threshold: float = 0.5,
+    class_agnostic_mask: bool = False,
+    norm_eps: float = 1e-5,
+    category_names: tuple[str, ...] = (),
+) -> ModelConfig:
+    """detectron2's R-FPN Mask R-CNN (``Base-RCNN-FPN`` + ``mask_rcnn_R_*_FPN``) as our config.
+
+    Args:
+        num_classes: detectron2's foreground classes; our ``num_classes`` is one more (label 0
+            is the background).
+        depth: ResNet depth (50 or 101 in the model zoo).
+        min_size: training short sides (one picked at random); test uses the last.
+        max_size: longest side after resizing.
+        score_thresh, nms_thresh, detections_per_image: test-time filtering (score above,
+            per-class NMS IoU, detections kept per image).
+        mask_threshold: probability at which ``predict`` binarises masks.
+        class_agnostic_mask: one mask channel for all classes.
+        norm_eps: FrozenBN eps (detectron2 uses 1e-5).
+        category_names: label names (index = our label).
+
+    Note: the FPN level rule differs from detectron2's by ~1e-8 in the log only at exact level
+    boundaries: ours is ``floor(4 + log2(s / 224) + eps)``, detectron2's
+    ``floor(4 + log2(s / 224 + 1e-8))``.
+    """
+    aligned = PoolerConfig(output_size=7, sampling_ratio=0, aligned=True, level_eps=1e-8)
+    sizes = (int(min_size),) if isinstance(min_size, int) else tuple(int(s) for s in min_size)
+    return ModelConfig(
+        num_classes=num_classes + 1,
+        input=InputConfig(
+            min_size=sizes,
+            max_size=max_size,
+            pixel_scale=255.0,
+            channel_order="BGR",
+            pixel_mean=(103.530, 116.280, 123.675),  # BGR, 0-255 scale
+            pixel_std=(1.0, 1.0, 1.0),
+        ),
+        backbone=BackboneConfig(
+            depth=depth, norm="frozen_bn", norm_eps=norm_eps, freeze_at=2, stride_in_1x1=True
+        ),
+        anchors=AnchorConfig(round_base_anchors=False, offset=0.0, strides_from_grid=False),
+        # detectron2 keeps proposals with w > 0 and h > 0; our filter keeps w, h >= min_size,
+        # so the smallest positive normal float32 stands in for its MIN_SIZE of 0.
+        rpn=RPNConfig(post_nms_topk_train=1000, min_size=_FLOAT32_TINY, smooth_l1_beta=0.0),
+        box_head=BoxHeadConfig(
+            pooler=aligned,
+            score_thresh=score_thresh,
+            nms_thresh=nms_thresh,
+            detections_per_image=detections_per_image,
+            min_box_size=0.0,  # detectron2 drops no small boxes at test time
+            smooth_l1_beta=0.0,  # detectron2 trains with L1
+        ),
+        mask_head=MaskHeadConfig(
+            pooler=dataclasses.replace(aligned, output_size=14),
+            class_agnostic=class_agnostic_mask,
+            paste="grid_sample",
+            threshold=mask_threshold,
+        ),
+        category_names=tuple(category_names),
+    )

@@ -5,22 +5,19 @@ The network is a stem (7x7/2 conv, norm, ReLU, 3x3/2 max pool) followed by four 
 two-conv :class:`BasicBlock`; 50, 101 and 152 use the three-conv :class:`Bottleneck`, whose
 3x3 conv may be grouped (ResNeXt). Every convolution is a :class:`ConvNorm`, so the state dict
 reads ``res3.0.conv2.conv.weight``, ``res3.0.conv2.norm.running_var``,
-``res3.0.shortcut.conv.weight`` and so on; :func:`torchvision_resnet_key` translates
+``res3.0.shortcut.conv.weight`` and so on; ``maskrcnn.weights.torchvision_keys`` translates
 torchvision's names to these.
 """
 
 from __future__ import annotations
 
-import re
-from collections.abc import Mapping
 from typing import Literal
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from maskrcnn.config import BackboneConfig, NormKind
-from maskrcnn.modeling.layers import ConvNorm, FrozenBatchNorm2d, freeze
+from maskrcnn.modeling.layers import ConvNorm, freeze
 
 BlockKind = Literal["basic", "bottleneck"]
 
@@ -297,102 +294,3 @@ class ResNet(nn.Module):
             if name in self.out_features:
                 outputs[name] = x
         return outputs
-
-
-_TV_BLOCK_KEY = re.compile(r"layer([1-4])\.(\d+)\.(conv|bn)([1-3])\.(.+)")
-_TV_DOWNSAMPLE_KEY = re.compile(r"layer([1-4])\.(\d+)\.downsample\.([01])\.(.+)")
-
-
-def torchvision_resnet_key(key: str) -> str | None:
-    """Maps a torchvision ResNet state-dict key to ours.
-
-    ``conv1.weight`` -> ``stem.conv1.conv.weight``, ``bn1.*`` -> ``stem.conv1.norm.*``,
-    ``layer{t}.{b}.conv{k}.weight`` -> ``res{t+1}.{b}.conv{k}.conv.weight``,
-    ``layer{t}.{b}.bn{k}.*`` -> ``res{t+1}.{b}.conv{k}.norm.*``,
-    ``layer{t}.{b}.downsample.0.*`` / ``.1.*`` -> ``res{t+1}.{b}.shortcut.conv.*`` / ``.norm.*``.
-
-    Returns:
-        Our key, or ``None`` for the classifier (``fc.*``), which we do not have.
-
-    Raises:
-        ValueError: for a key that is not part of a torchvision ResNet.
-    """
-    if key.startswith("fc."):
-        return None
-    if key == "conv1.weight":
-        return "stem.conv1.conv.weight"
-    if key.startswith("bn1."):
-        return "stem.conv1.norm." + key[len("bn1.") :]
-    m = _TV_BLOCK_KEY.fullmatch(key)
-    if m:
-        t, b, kind, k, rest = m.groups()
-        part = "conv" if kind == "conv" else "norm"
-        if kind == "conv" and rest != "weight":
-            raise ValueError(f"not a torchvision ResNet key: {key!r}")
-        return f"res{int(t) + 1}.{b}.conv{k}.{part}.{rest}"
-    m = _TV_DOWNSAMPLE_KEY.fullmatch(key)
-    if m:
-        t, b, idx, rest = m.groups()
-        part = "conv" if idx == "0" else "norm"
-        return f"res{int(t) + 1}.{b}.shortcut.{part}.{rest}"
-    raise ValueError(f"not a torchvision ResNet key: {key!r}")
-
-
-def load_torchvision_resnet(resnet: ResNet, state_dict: Mapping[str, Tensor]) -> None:
-    """Loads a torchvision ResNet ``state_dict`` (e.g. ImageNet weights) into ``resnet``.
-
-    The classifier (``fc.*``) is ignored, and ``num_batches_tracked`` is dropped where our
-    norm is a :class:`FrozenBatchNorm2d`. Anything else must match exactly.
-
-    Args:
-        resnet: the network to fill (its stages must be those present in ``state_dict``).
-        state_dict: torchvision names -> tensors.
-
-    Raises:
-        ValueError: naming every missing key (ours), unexpected key (torchvision's) and
-            shape mismatch; nothing is loaded in that case.
-    """
-    own = resnet.state_dict()
-    mapped: dict[str, Tensor] = {}
-    unexpected: list[str] = []
-    for key, value in state_dict.items():
-        try:
-            new_key = torchvision_resnet_key(key)
-        except ValueError:
-            unexpected.append(key)
-            continue
-        if new_key is None:
-            continue
-        if new_key not in own:
-            if new_key.endswith(".num_batches_tracked") and _is_frozen_bn(resnet, new_key):
-                continue
-            unexpected.append(key)
-            continue
-        mapped[new_key] = value
-    missing = [k for k in own if k not in mapped]
-    mismatched = [
-        f"{k}: {tuple(v.shape)} vs ours {tuple(own[k].shape)}"
-        for k, v in mapped.items()
-        if v.shape != own[k].shape
-    ]
-    problems = []
-    if missing:
-        problems.append(f"missing keys (ours): {missing}")
-    if unexpected:
-        problems.append(f"unexpected keys (torchvision): {unexpected}")
-    if mismatched:
-        problems.append(f"shape mismatches: {mismatched}")
-    if problems:
-        raise ValueError("cannot load torchvision ResNet weights; " + "; ".join(problems))
-    with torch.no_grad():
-        resnet.load_state_dict(mapped, strict=True)
-
-
-def _is_frozen_bn(module: nn.Module, key: str) -> bool:
-    """Whether ``key``'s owning module (``a.b.norm`` for ``a.b.norm.x``) is a FrozenBN."""
-    owner_name = key.rsplit(".", 1)[0]
-    try:
-        owner = module.get_submodule(owner_name)
-    except AttributeError:
-        return False
-    return isinstance(owner, FrozenBatchNorm2d)

@@ -5,8 +5,7 @@ a 1x1 lateral conv on every C_k, a top-down pathway that upsamples the coarser m
 nearest neighbour to the lateral's size and adds it, and a 3x3 output conv on each merged map.
 P6 is P5 subsampled by a stride-2, kernel-1 max pool (for the largest RPN anchors).
 
-:func:`torchvision_fpn_key` maps the keys of torchvision's ``BackboneWithFPN`` (v1 and v2,
-including the legacy pre-``.0`` FPN names) to ours.
+``maskrcnn.weights.torchvision_keys`` maps the keys of torchvision's ``BackboneWithFPN`` to ours.
 """
 
 from __future__ import annotations
@@ -17,7 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from maskrcnn.config import BackboneConfig, FPNConfig, NormKind
-from maskrcnn.modeling.backbone import ResNet, torchvision_resnet_key
+from maskrcnn.modeling.backbone import ResNet
 from maskrcnn.modeling.layers import ConvNorm
 
 
@@ -125,42 +124,3 @@ class BackboneWithFPN(nn.Module):
     def forward(self, images: Tensor) -> dict[str, Tensor]:
         """images: [N, 3, H, W] (padded to a multiple of 32) -> ``{p_k: [N, C, H/2^k, W/2^k]}``."""
         return self.fpn(self.bottom_up(images))
-
-
-_TV_FPN_KEY = re.compile(r"backbone\.fpn\.(inner_blocks|layer_blocks)\.(\d+)\.(?:([01])\.)?(.+)")
-
-
-def torchvision_fpn_key(key: str) -> str | None:
-    """Maps a torchvision ``BackboneWithFPN`` key (with ``backbone.`` prefix) to ours.
-
-    * ``backbone.body.<resnet key>`` -> ``backbone.bottom_up.<our resnet key>``
-      (see :func:`torchvision_resnet_key`).
-    * ``backbone.fpn.inner_blocks.{i}.0.{weight,bias}`` ->
-      ``backbone.fpn.lateral_convs.{i}.conv.*``; with a norm (v2), ``inner_blocks.{i}.1.*``
-      -> ``lateral_convs.{i}.norm.*``.
-    * ``backbone.fpn.layer_blocks.{i}...`` likewise -> ``backbone.fpn.output_convs.{i}...``.
-    * Legacy (state-dict version < 2) names without the ``.0``, e.g.
-      ``backbone.fpn.inner_blocks.{i}.weight``, which torchvision renames on load.
-
-    Returns:
-        Our key, or ``None`` for a key we drop (a classifier ``backbone.body.fc.*``).
-
-    Raises:
-        ValueError: for keys outside torchvision's ``backbone.body`` / ``backbone.fpn``.
-    """
-    if key.startswith("backbone.body."):
-        sub = torchvision_resnet_key(key[len("backbone.body.") :])
-        return None if sub is None else "backbone.bottom_up." + sub
-    m = _TV_FPN_KEY.fullmatch(key)
-    if m is None:
-        raise ValueError(f"not a torchvision backbone key: {key!r}")
-    block, i, idx, rest = m.groups()
-    ours = "lateral_convs" if block == "inner_blocks" else "output_convs"
-    if idx is None:  # legacy: the conv was the block itself
-        if rest not in ("weight", "bias"):
-            raise ValueError(f"not a torchvision backbone key: {key!r}")
-        idx = "0"
-    if idx == "0" and rest not in ("weight", "bias"):
-        raise ValueError(f"not a torchvision backbone key: {key!r}")
-    part = "conv" if idx == "0" else "norm"
-    return f"backbone.fpn.{ours}.{i}.{part}.{rest}"

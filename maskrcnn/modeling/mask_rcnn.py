@@ -8,7 +8,6 @@ returns losses; in eval mode it returns detections in torchvision's format.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -151,9 +150,3 @@ class MaskRCNN(nn.Module):
             names[i] if i < len(names) else str(i) for i in result.labels.tolist()
         ]
         return result
-
-    def save(self, path: str | Path) -> None:
-        """Writes weights (safetensors) with the configuration beside them."""
-        from maskrcnn.weights import save_model
-
-        save_model(self, path)

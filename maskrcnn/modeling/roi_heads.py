@@ -12,8 +12,8 @@ import torch
 from torch import Tensor, nn
 
 from maskrcnn.config import BoxHeadConfig, MaskHeadConfig
-from maskrcnn.losses import fast_rcnn_losses, mask_loss
 from maskrcnn.modeling.box_head import BoxPredictor, detect_boxes
+from maskrcnn.modeling.losses import fast_rcnn_losses, mask_loss
 from maskrcnn.modeling.mask_head import MaskHead, mask_probs_for_labels
 from maskrcnn.modeling.poolers import MultiLevelRoIPooler
 from maskrcnn.modeling.sampling import RoITargets, label_proposals

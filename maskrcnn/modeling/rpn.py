@@ -15,9 +15,9 @@ from torch import Tensor, nn
 from torchvision.ops import batched_nms, clip_boxes_to_image, remove_small_boxes
 
 from maskrcnn.config import NormKind, RPNConfig
-from maskrcnn.losses import rpn_losses
 from maskrcnn.modeling.anchors import AnchorGenerator
 from maskrcnn.modeling.layers import ConvNorm
+from maskrcnn.modeling.losses import rpn_losses
 from maskrcnn.modeling.sampling import label_anchors, sample_balanced
 from maskrcnn.ops.boxes import decode_boxes, encode_boxes
 from maskrcnn.structures import ImageList

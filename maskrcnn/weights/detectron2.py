@@ -5,19 +5,18 @@ Model-zoo files are pickles, ``{"model": {name: ndarray}, "__author__": ...}`` o
 resolves only the globals that rebuild plain containers and numpy arrays, and refuses anything
 else *before* it can be called.
 
-detectron2's conventions become configuration (:func:`detectron2_config`): BGR input on the
-0-255 scale, stride in the 1x1 conv of each bottleneck, RoIAlign aligned=True with adaptive
-sampling, unrounded anchors with nominal strides. Its ``cls_score`` has the background *last*
-(K + 1 rows) and ``bbox_pred`` / the mask predictor have no background rows (4K, K). Our
-label 0 is the background: our ``cls_score`` row 0 is its row K, our rows 1..K its rows
-0..K-1, and our box / mask background rows are zeros (never read at inference).
-"""
+detectron2's conventions become configuration (``maskrcnn.config.detectron2_config``): BGR
+input on the 0-255 scale, stride in the 1x1 conv of each bottleneck, RoIAlign aligned=True
+with adaptive sampling, unrounded anchors with nominal strides. Its ``cls_score`` has the
+background *last* (K + 1 rows) and ``bbox_pred`` / the mask predictor have no background
+rows (4K, K). Our label 0 is the background: our ``cls_score`` row 0 is its row K, our rows
+1..K its rows 0..K-1, and our box / mask background rows are zeros (never read at
+inference)."""
 
 from __future__ import annotations
 
 import codecs
 import collections
-import dataclasses
 import pickle
 import re
 from collections.abc import Callable, Mapping
@@ -28,16 +27,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from maskrcnn.config import (
-    AnchorConfig,
-    BackboneConfig,
-    BoxHeadConfig,
-    InputConfig,
-    MaskHeadConfig,
-    ModelConfig,
-    PoolerConfig,
-    RPNConfig,
-)
+from maskrcnn.config import detectron2_config
 from maskrcnn.modeling import MaskRCNN, build_model
 from maskrcnn.modeling.backbone import STAGE_BLOCKS
 from maskrcnn.weights.torchvision import load_exact, read_state_dict
@@ -289,78 +279,6 @@ def _infer_depth(sd: Mapping[str, Tensor]) -> int:
 # ----------------------------------------------------------------------------------------------
 # Configuration and loading
 
-_TINY = float(np.finfo(np.float32).tiny)
-
-
-def detectron2_config(
-    num_classes: int = 80,
-    *,
-    depth: int = 50,
-    min_size: int | tuple[int, ...] = (640, 672, 704, 736, 768, 800),
-    max_size: int = 1333,
-    score_thresh: float = 0.05,
-    nms_thresh: float = 0.5,
-    detections_per_image: int = 100,
-    mask_threshold: float = 0.5,
-    class_agnostic_mask: bool = False,
-    norm_eps: float = 1e-5,
-    category_names: tuple[str, ...] = (),
-) -> ModelConfig:
-    """detectron2's R-FPN Mask R-CNN (``Base-RCNN-FPN`` + ``mask_rcnn_R_*_FPN``) as our config.
-
-    Args:
-        num_classes: detectron2's foreground classes; our ``num_classes`` is one more (label 0
-            is the background).
-        depth: ResNet depth (50 or 101 in the model zoo).
-        min_size: training short sides (one picked at random); test uses the last.
-        max_size: longest side after resizing.
-        score_thresh, nms_thresh, detections_per_image: test-time filtering (score above,
-            per-class NMS IoU, detections kept per image).
-        mask_threshold: probability at which ``predict`` binarises masks.
-        class_agnostic_mask: one mask channel for all classes.
-        norm_eps: FrozenBN eps (detectron2 uses 1e-5).
-        category_names: label names (index = our label).
-
-    Note: the FPN level rule differs from detectron2's by ~1e-8 in the log only at exact level
-    boundaries: ours is ``floor(4 + log2(s / 224) + eps)``, detectron2's
-    ``floor(4 + log2(s / 224 + 1e-8))``.
-    """
-    aligned = PoolerConfig(output_size=7, sampling_ratio=0, aligned=True, level_eps=1e-8)
-    sizes = (int(min_size),) if isinstance(min_size, int) else tuple(int(s) for s in min_size)
-    return ModelConfig(
-        num_classes=num_classes + 1,
-        input=InputConfig(
-            min_size=sizes,
-            max_size=max_size,
-            pixel_scale=255.0,
-            channel_order="BGR",
-            pixel_mean=(103.530, 116.280, 123.675),  # BGR, 0-255 scale
-            pixel_std=(1.0, 1.0, 1.0),
-        ),
-        backbone=BackboneConfig(
-            depth=depth, norm="frozen_bn", norm_eps=norm_eps, freeze_at=2, stride_in_1x1=True
-        ),
-        anchors=AnchorConfig(round_base_anchors=False, offset=0.0, strides_from_grid=False),
-        # detectron2 keeps proposals with w > 0 and h > 0; our filter keeps w, h >= min_size,
-        # so the smallest positive normal float32 stands in for its MIN_SIZE of 0.
-        rpn=RPNConfig(post_nms_topk_train=1000, min_size=_TINY, smooth_l1_beta=0.0),
-        box_head=BoxHeadConfig(
-            pooler=aligned,
-            score_thresh=score_thresh,
-            nms_thresh=nms_thresh,
-            detections_per_image=detections_per_image,
-            min_box_size=0.0,  # detectron2 drops no small boxes at test time
-            smooth_l1_beta=0.0,  # detectron2 trains with L1
-        ),
-        mask_head=MaskHeadConfig(
-            pooler=dataclasses.replace(aligned, output_size=14),
-            class_agnostic=class_agnostic_mask,
-            paste="grid_sample",
-            threshold=mask_threshold,
-        ),
-        category_names=tuple(category_names),
-    )
-
 
 def from_detectron2(
     path: str | Path | Mapping[str, Any],
@@ -374,7 +292,7 @@ def from_detectron2(
         path: a model-zoo ``.pkl`` (read with :class:`RestrictedUnpickler`), a detectron2
             ``.pth`` checkpoint (weights only), or a mapping of detectron2 names to arrays.
         category_names: label names (index = our label, 0 = background).
-        **overrides: keyword arguments of :func:`detectron2_config` (``min_size``,
+        **overrides: keyword arguments of :func:`maskrcnn.config.detectron2_config` (``min_size``,
             ``score_thresh``, ...). ``num_classes`` and ``depth`` are read from the weights.
 
     Raises:

@@ -26,10 +26,10 @@ from torch import Tensor
 
 from maskrcnn.data.coco_names import COCO_81_NAMES, COCO_91_NAMES
 from maskrcnn.modeling import MaskRCNN
-from maskrcnn.modeling.backbone import load_torchvision_resnet, torchvision_resnet_key
 from maskrcnn.weights.detectron2 import from_detectron2, read_detectron2_weights
 from maskrcnn.weights.native import FORMAT, load_model
 from maskrcnn.weights.torchvision import from_torchvision, load_exact, read_state_dict
+from maskrcnn.weights.torchvision_keys import load_torchvision_resnet, torchvision_resnet_key
 
 _BASE = "https://download.pytorch.org/models/"
 
@@ -166,7 +166,7 @@ def _from_state_dict(state: Mapping[str, Any], source: str, **kwargs: Any) -> Ma
     if "backbone.bottom_up.stem.conv1.conv.weight" in keys:
         raise ValueError(
             f"{source}: a bare state dict of this package's model, without its configuration; "
-            "save models with model.save('name.safetensors') and load that file"
+            "save models with maskrcnn.save_model(model, 'name.safetensors') and load that file"
         )
     if any(k.startswith("backbone.body.") for k in keys):
         variant = "v2" if any(k.startswith("roi_heads.box_head.0.") for k in keys) else "v1"

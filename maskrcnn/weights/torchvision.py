@@ -10,7 +10,6 @@ of the published v1 file. Only tensors are read: a ``.pth`` goes through
 from __future__ import annotations
 
 import dataclasses
-import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -20,45 +19,7 @@ from torch import Tensor
 
 from maskrcnn.config import ModelConfig, torchvision_v1, torchvision_v2
 from maskrcnn.modeling import MaskRCNN, build_model
-from maskrcnn.modeling.fpn import torchvision_fpn_key
-
-# (pattern, replacement) for everything outside the backbone, tried in order.
-_HEAD_RULES: list[tuple[str, str]] = [
-    (r"^rpn\.head\.conv\.(\d+)\.0\.(weight|bias)$", r"rpn.head.convs.\1.conv.\2"),
-    (r"^rpn\.head\.conv\.(weight|bias)$", r"rpn.head.convs.0.conv.\1"),  # legacy v1 name
-    (r"^rpn\.head\.cls_logits\.", "rpn.head.objectness_logits."),
-    (r"^rpn\.head\.bbox_pred\.", "rpn.head.anchor_deltas."),
-    (r"^roi_heads\.box_head\.fc6\.", "roi_heads.box_head.fcs.0."),
-    (r"^roi_heads\.box_head\.fc7\.", "roi_heads.box_head.fcs.1."),
-    (r"^roi_heads\.box_head\.([0-3])\.0\.", r"roi_heads.box_head.convs.\1.conv."),  # v2
-    (r"^roi_heads\.box_head\.([0-3])\.1\.", r"roi_heads.box_head.convs.\1.norm."),  # v2
-    (r"^roi_heads\.box_head\.5\.", "roi_heads.box_head.fcs.0."),  # v2: after Flatten
-    (r"^roi_heads\.box_predictor\.", "roi_heads.box_predictor."),
-    (r"^roi_heads\.mask_head\.(\d+)\.0\.", r"roi_heads.mask_head.convs.\1.conv."),
-    (r"^roi_heads\.mask_head\.(\d+)\.1\.", r"roi_heads.mask_head.convs.\1.norm."),  # v2
-    (r"^roi_heads\.mask_predictor\.conv5_mask\.", "roi_heads.mask_head.deconv."),
-    (r"^roi_heads\.mask_predictor\.mask_fcn_logits\.", "roi_heads.mask_head.predictor."),
-]
-
-
-def _legacy_mask_key(key: str) -> str:
-    """``mask_head.mask_fcn{i+1}.*`` (torchvision < 0.8 names) -> ``mask_head.{i}.0.*``."""
-    match = re.match(r"^(roi_heads\.mask_head\.)mask_fcn(\d+)\.(.*)$", key)
-    if match:
-        return f"{match.group(1)}{int(match.group(2)) - 1}.0.{match.group(3)}"
-    return key
-
-
-def torchvision_key(key: str) -> str | None:
-    """Our state-dict key for a torchvision Mask R-CNN key (None: not a weight we keep)."""
-    if key.startswith("backbone."):
-        return torchvision_fpn_key(key)
-    key = _legacy_mask_key(key)
-    for pattern, replacement in _HEAD_RULES:
-        new, count = re.subn(pattern, replacement, key)
-        if count:
-            return new
-    return None
+from maskrcnn.weights.torchvision_keys import torchvision_key
 
 
 def convert_torchvision_state_dict(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:

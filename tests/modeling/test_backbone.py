@@ -13,13 +13,9 @@ from torchvision.models import resnet as tv_resnet
 from torchvision.models._utils import IntermediateLayerGetter
 
 from maskrcnn.config import BackboneConfig
-from maskrcnn.modeling.backbone import (
-    ResNet,
-    load_torchvision_resnet,
-    make_stage,
-    torchvision_resnet_key,
-)
+from maskrcnn.modeling.backbone import ResNet, make_stage
 from maskrcnn.modeling.layers import FrozenBatchNorm2d
+from maskrcnn.weights.torchvision_keys import load_torchvision_resnet, torchvision_resnet_key
 
 # Both sides run the same fp32 kernels in the same order, so outputs agree bit for bit here;
 # the bound allows for reordered accumulation (~1e-6 relative after 50 layers), not more.

@@ -14,7 +14,8 @@ from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
 
 from maskrcnn.config import BackboneConfig, FPNConfig
 from maskrcnn.modeling.backbone import ResNet
-from maskrcnn.modeling.fpn import FPN, BackboneWithFPN, torchvision_fpn_key
+from maskrcnn.modeling.fpn import FPN, BackboneWithFPN
+from maskrcnn.weights.torchvision_keys import torchvision_fpn_key
 
 # Identical kernels give identical results; plain BN (eval) against our FrozenBN computes the
 # same affine map by a different formula, which costs ~1e-6 relative after ~60 layers.

@@ -11,12 +11,18 @@ from helpers import randomize_
 from torchvision.models import resnet18
 from torchvision.models.detection import maskrcnn_resnet50_fpn, maskrcnn_resnet50_fpn_v2
 
-from maskrcnn import build_model, from_pretrained, from_torchvision, load_imagenet_backbone
+from maskrcnn import (
+    build_model,
+    from_pretrained,
+    from_torchvision,
+    load_imagenet_backbone,
+    save_model,
+)
 from maskrcnn.config import preset, r18_fpn, r50_c4
 from maskrcnn.data.coco_names import COCO_91_NAMES
-from maskrcnn.modeling.backbone import torchvision_resnet_key
 from maskrcnn.weights.pretrained import PUBLISHED, WeightsUnavailableError, hub_cache_path
 from maskrcnn.weights.torchvision import convert_torchvision_state_dict
+from maskrcnn.weights.torchvision_keys import torchvision_resnet_key
 
 SMALL = dict(min_size=128, max_size=160)
 
@@ -160,7 +166,7 @@ def test_native_file_names_and_errors(tmp_path, tv_resnet18_state):
     torch.manual_seed(0)
     model = build_model(r18_fpn(3).replace(category_names=("bg", "a", "b")))
     path = tmp_path / "ours.safetensors"
-    model.save(path)
+    save_model(model, path)
     loaded = from_pretrained(path)
     assert loaded.cfg == model.cfg and not loaded.training
     _assert_holds(loaded, model.state_dict())

@@ -1,0 +1,96 @@
+"""The ``eval`` and ``predict`` commands, added to the main parser by :func:`add_eval_commands`.
+
+maskrcnn eval --weights W --ann J --images DIR [--out DIR] [--max-images N]
+maskrcnn predict IMAGES... --weights W --out DIR [--score-thresh 0.5]
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+
+def load_weights(weights: str) -> Any:
+    """Our ``.safetensors`` model file (:func:`maskrcnn.weights.native.load_model`).
+
+    Anything else (a published name, a torchvision or detectron2 file) goes through
+    :func:`maskrcnn.weights.pretrained.from_pretrained`.
+    """
+    path = Path(weights)
+    if path.suffix == ".safetensors":
+        from maskrcnn.weights.native import load_model
+
+        return load_model(path)
+    from maskrcnn.weights.pretrained import from_pretrained
+
+    return from_pretrained(weights)
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from maskrcnn.data.coco import CocoDataset
+    from maskrcnn.evaluation.coco_eval import evaluate_coco
+    from maskrcnn.evaluation.results import LabelMap
+
+    try:
+        dataset = CocoDataset(args.ann, args.images)
+        model = load_weights(args.weights)
+        # Labels are matched to the dataset's category ids by name, whatever the model's layout.
+        label_map = LabelMap.from_names(
+            model.cfg.category_names,
+            dataset.coco.loadCats(dataset.coco.getCatIds()),
+            model=str(args.weights),
+            dataset=str(args.ann),
+        )
+        result = evaluate_coco(
+            model,
+            dataset,
+            categories=label_map,
+            out_dir=args.out,
+            max_images=args.max_images,
+            progress=True,
+        )
+    except (FileNotFoundError, ValueError) as err:
+        raise SystemExit(f"maskrcnn eval: {err}") from err
+    print(f"{result.num_images} images, {result.num_detections} detections")
+    if args.out:
+        print(f"wrote {Path(args.out) / 'results.json'}, metrics.json, ap_table.md")
+    return 0
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from maskrcnn.evaluation.predict import predict_folder
+
+    try:
+        model = load_weights(args.weights)
+        predict_folder(
+            model,
+            args.images,
+            args.out,
+            score_thresh=args.score_thresh,
+            batch_size=args.batch_size,
+            num_workers=args.workers,
+        )
+    except (FileNotFoundError, ValueError) as err:
+        raise SystemExit(f"maskrcnn predict: {err}") from err
+    return 0
+
+
+def add_eval_commands(subparsers: Any) -> None:
+    """Adds ``eval`` and ``predict`` to an ``argparse`` subparsers object."""
+    ev = subparsers.add_parser("eval", help="COCO box and mask AP of a model on a dataset")
+    ev.add_argument("--weights", required=True, help="model file (.safetensors)")
+    ev.add_argument("--ann", required=True, help="COCO annotation file (json)")
+    ev.add_argument("--images", required=True, help="folder of the annotation file's images")
+    ev.add_argument("--out", default=None, help="folder for results.json, metrics.json, table")
+    ev.add_argument("--max-images", type=int, default=None, help="evaluate only the first N")
+    ev.set_defaults(func=_cmd_eval)
+
+    pr = subparsers.add_parser("predict", help="detect and segment instances in images")
+    pr.add_argument("images", nargs="+", help="image files or folders")
+    pr.add_argument("--weights", required=True, help="model file (.safetensors) or name")
+    pr.add_argument("--out", required=True, help="output folder")
+    pr.add_argument("--score-thresh", type=float, default=0.5, help="minimum score drawn/kept")
+    pr.add_argument("--batch-size", type=int, default=1, help="images per forward pass")
+    pr.add_argument("--workers", type=int, default=2, help="image decoding processes")
+    pr.set_defaults(func=_cmd_predict)

@@ -1,0 +1,185 @@
+"""The ``train`` command: ``maskrcnn train --data DIR --out RUN_DIR [...]``.
+
+    maskrcnn train --data data/shapes --out runs/shapes --preset r18_fpn \\
+        --set input.min_size=[512] --batch-size 4 --max-iter 3000 --eval-period 500
+    maskrcnn train --out runs/shapes --resume          # continue after a crash or Ctrl-C
+    torchrun --nproc-per-node 4 -m maskrcnn.cli train ...   # distributed
+
+``--data DIR`` is the layout of ``maskrcnn data shapes`` (DIR/train.json, DIR/val.json,
+DIR/images); otherwise give ``--train-ann/--train-images`` (and ``--val-ann/--val-images``).
+``--set`` overrides the model configuration, ``--train-set`` any :class:`TrainConfig` field.
+With ``--resume`` the run's own configuration is read from its checkpoint, and only the
+options given on the command line change it.
+
+Exit codes: 0 done, 1 stopped by non-finite losses, 2 bad input (found before training).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+# option -> TrainConfig field, for the explicit flags
+_FLAGS = {
+    "preset": "preset",
+    "batch_size": "batch_size",
+    "max_iter": "max_iter",
+    "max_minutes": "max_minutes",
+    "amp": "amp",
+    "workers": "num_workers",
+    "eval_period": "eval_period",
+    "checkpoint_period": "checkpoint_period",
+    "imagenet": "imagenet",
+    "device": "device",
+    "seed": "seed",
+}
+
+
+def add_train_command(subparsers: Any) -> argparse.ArgumentParser:
+    """Adds ``train`` to an ``argparse`` subparsers object; returns its parser."""
+    p = subparsers.add_parser(
+        "train",
+        help="train a model on COCO-format data (resumable)",
+        description=__doc__.split("\n\n")[0],
+    )
+    data = p.add_argument_group("data")
+    data.add_argument("--data", help="folder with train.json, val.json and images/")
+    data.add_argument("--train-ann", help="training COCO annotation file")
+    data.add_argument("--train-images", help="training image folder")
+    data.add_argument("--val-ann", help="validation COCO annotation file")
+    data.add_argument("--val-images", help="validation image folder")
+    p.add_argument("--out", required=True, help="run folder (checkpoints, metrics, final model)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out")
+    p.add_argument("--preset", help="model preset (default r50_fpn)")
+    p.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="model config override"
+    )
+    p.add_argument(
+        "--train-set", action="append", default=[], metavar="FIELD=VALUE", help="TrainConfig field"
+    )
+    p.add_argument("--batch-size", type=int, help="images per step over all processes")
+    p.add_argument("--lr", type=float, help="learning rate (as is; default 0.02 x batch / 16)")
+    p.add_argument("--max-iter", type=int, help="optimisation steps")
+    p.add_argument("--max-minutes", type=float, help="wall-clock budget of this invocation")
+    p.add_argument("--amp", choices=["none", "auto", "bf16", "fp16"], help="mixed precision")
+    p.add_argument("--workers", type=int, help="data-loading processes per training process")
+    p.add_argument("--eval-period", type=int, help="steps between evaluations (0: at the end)")
+    p.add_argument("--checkpoint-period", type=int, help="steps between checkpoints")
+    p.add_argument("--imagenet", help="ImageNet backbone weights (name or file)")
+    p.add_argument("--device", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--seed", type=int, help="random seed")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_train)
+    return p
+
+
+def build_config(args: argparse.Namespace) -> tuple[Any, bool]:
+    """The :class:`TrainConfig` the arguments describe, and whether a checkpoint is resumed.
+
+    Raises:
+        ValueError: missing or inconsistent options (the message says which).
+    """
+    from maskrcnn.train.checkpoint import LAST, load_checkpoint
+    from maskrcnn.train.config import TrainConfig
+
+    changes: dict[str, Any] = {"out_dir": str(args.out)}
+    changes.update(_data_paths(args))
+    for option, name in _FLAGS.items():
+        value = getattr(args, option)
+        if value is not None:
+            changes[name] = value
+    if args.set:
+        changes["model_overrides"] = tuple(args.set)
+    if args.no_progress:
+        changes["progress"] = False
+    last = Path(args.out) / LAST
+    resuming = bool(args.resume and last.is_file())
+    if resuming:
+        cfg = TrainConfig.from_dict(load_checkpoint(last).train_config).replace(**changes)
+    else:
+        if "train_ann" not in changes:
+            raise ValueError("give --data DIR, or --train-ann and --train-images")
+        cfg = TrainConfig(**changes)
+    cfg = cfg.with_assignments(args.train_set)
+    if args.lr is not None:  # an absolute rate: it refers to this batch size
+        cfg = cfg.replace(base_lr=args.lr, base_batch_size=cfg.batch_size)
+    return cfg, resuming
+
+
+def _data_paths(args: argparse.Namespace) -> dict[str, str]:
+    explicit = {
+        "train_ann": args.train_ann,
+        "train_images": args.train_images,
+        "val_ann": args.val_ann,
+        "val_images": args.val_images,
+    }
+    if args.data is not None:
+        if any(v is not None for v in explicit.values()):
+            raise ValueError("--data and --train-ann/--train-images/--val-* exclude each other")
+        root = Path(args.data)
+        if not root.is_dir():
+            raise FileNotFoundError(f"--data: folder not found: {root}")
+        paths = {"train_ann": str(root / "train.json"), "train_images": str(root / "images")}
+        if (root / "val.json").is_file():
+            paths.update(val_ann=str(root / "val.json"), val_images=str(root / "images"))
+        return paths
+    if (explicit["train_ann"] is None) != (explicit["train_images"] is None):
+        raise ValueError("--train-ann and --train-images go together")
+    if (explicit["val_ann"] is None) != (explicit["val_images"] is None):
+        raise ValueError("--val-ann and --val-images go together")
+    return {k: v for k, v in explicit.items() if v is not None}
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    """Runs ``maskrcnn train``; returns the exit code."""
+    from maskrcnn.train.trainer import NonFiniteLossError, Trainer
+
+    _configure_logging()
+    try:
+        cfg, resuming = build_config(args)
+        trainer = Trainer(cfg, resume=args.resume)
+    except (ValueError, FileNotFoundError, OSError) as err:
+        print(f"maskrcnn train: error: {err}", file=sys.stderr)
+        return 2
+    if args.resume and not resuming:
+        print(f"maskrcnn train: no checkpoint in {args.out}; started a new run", file=sys.stderr)
+    try:
+        result = trainer.run()
+    except NonFiniteLossError as err:
+        print(f"maskrcnn train: {err}", file=sys.stderr)
+        return 1
+    if trainer.dist.is_main:
+        print(
+            f"{result.stop_reason}: {result.iteration} steps in {result.seconds / 60:.1f} min, "
+            f"{result.skipped_steps} skipped; run folder {result.run_dir}"
+        )
+        if result.final_model is not None:
+            print(f"model: {result.final_model}")
+        if result.eval is not None:
+            print(result.eval.table(), end="")
+        if result.stop_reason == "interrupted":
+            print(f"continue with: maskrcnn train --out {result.run_dir} --resume")
+    return 0
+
+
+def _configure_logging() -> None:
+    root = logging.getLogger()
+    if not root.handlers:  # other ranks of a distributed run only report problems
+        level = logging.INFO if os.environ.get("RANK", "0") == "0" else logging.WARNING
+        logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(message)s")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m maskrcnn.cli.train train ...`` (the same as ``maskrcnn train``)."""
+    parser = argparse.ArgumentParser(prog="maskrcnn")
+    add_train_command(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

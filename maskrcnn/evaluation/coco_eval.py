@@ -1,0 +1,281 @@
+"""COCO evaluation: inference image by image, masks encoded as they come, then COCOeval.
+
+    evaluate_coco(model, (ann_file, image_dir)) -> EvalResult (bbox and segm, 12 numbers each)
+
+Each image's detections stay in the RoI frame (``detect(paste_masks=False)``); every kept
+detection is pasted into one image-sized plane, thresholded and run-length encoded on the spot
+(:mod:`maskrcnn.evaluation.results`), so memory does not grow with N x H x W. Under
+``torch.distributed`` each rank evaluates a disjoint shard of the images (:func:`shard_indices`,
+:func:`evaluate_shard`); the shards are gathered to rank 0 (:func:`merge_shards`), which runs
+COCOeval and shares the numbers with every rank.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
+from tqdm import tqdm
+
+from maskrcnn.evaluation.results import LabelMap, detections_to_coco, resolve_label_map
+from maskrcnn.evaluation.source import EvalSource, open_source
+
+STAT_NAMES = (
+    "AP",
+    "AP50",
+    "AP75",
+    "APs",
+    "APm",
+    "APl",
+    "AR1",
+    "AR10",
+    "AR100",
+    "ARs",
+    "ARm",
+    "ARl",
+)
+
+
+@dataclass(frozen=True)
+class CocoStats:
+    """COCOeval's 12 summary numbers (in [0, 1]; -1 where COCO has nothing to score)."""
+
+    values: tuple[float, ...]
+
+    def __post_init__(self) -> None:
+        if len(self.values) != len(STAT_NAMES):
+            raise ValueError(f"CocoStats: expected {len(STAT_NAMES)} values, got {self.values}")
+
+    def __getitem__(self, name: str) -> float:
+        return self.values[STAT_NAMES.index(name)]
+
+    @property
+    def ap(self) -> float:
+        """AP at IoU 0.50:0.95, the headline number."""
+        return self.values[0]
+
+    def as_dict(self) -> dict[str, float]:
+        return dict(zip(STAT_NAMES, self.values))
+
+    @staticmethod
+    def zeros() -> CocoStats:
+        return CocoStats((0.0,) * len(STAT_NAMES))
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    """Box and mask metrics of one evaluation run."""
+
+    bbox: CocoStats
+    segm: CocoStats
+    num_images: int
+    num_detections: int
+
+    def flat(self) -> dict[str, float]:
+        """``{"bbox_AP": ..., "segm_AP50": ...}``: the keys a training log uses."""
+        out = {f"bbox_{k}": v for k, v in self.bbox.as_dict().items()}
+        out.update({f"segm_{k}": v for k, v in self.segm.as_dict().items()})
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "bbox": self.bbox.as_dict(),
+            "segm": self.segm.as_dict(),
+            "num_images": self.num_images,
+            "num_detections": self.num_detections,
+        }
+
+    def table(self) -> str:
+        """A markdown table of both rows, in percent ("-" where COCO reports -1)."""
+        lines = [
+            "| task | " + " | ".join(STAT_NAMES) + " |",
+            "|---|" + "---:|" * len(STAT_NAMES),
+        ]
+        for task, stats in (("bbox", self.bbox), ("segm", self.segm)):
+            cells = ["-" if v < 0 else f"{100 * v:.1f}" for v in stats.values]
+            lines.append(f"| {task} | " + " | ".join(cells) + " |")
+        return "\n".join(lines) + "\n"
+
+
+@dataclass
+class ShardResult:
+    """One rank's share: the image ids it ran and their COCO result records."""
+
+    image_ids: list[int]
+    detections: list[dict[str, Any]]
+
+
+def shard_indices(num_items: int, rank: int, world_size: int) -> list[int]:
+    """Dataset indices of ``rank``'s shard: every ``world_size``-th one, disjoint across ranks."""
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank {rank} is outside a world of {world_size}")
+    return list(range(rank, num_items, world_size))
+
+
+@torch.inference_mode()
+def evaluate_shard(
+    model: Any,
+    source: EvalSource,
+    indices: Sequence[int],
+    label_map: LabelMap,
+    *,
+    progress: bool = False,
+) -> ShardResult:
+    """Runs ``model.detect`` on the images at ``indices`` and encodes the detections.
+
+    Args:
+        model: anything with ``detect(images, *, paste_masks)`` and ``cfg.mask_head``
+            (``paste``, ``threshold``); a :class:`~maskrcnn.modeling.MaskRCNN` is put in eval
+            mode for the run (and back to training mode after, if it was).
+        source: the images and their ground truth (:func:`open_source`).
+        indices: which of ``source``'s images to run.
+        label_map: model label -> COCO category id.
+        progress: show a progress bar.
+    """
+    was_training = bool(getattr(model, "training", False))
+    if hasattr(model, "eval"):
+        model.eval()
+    params = getattr(model, "parameters", None)
+    device = next(iter(params()), torch.empty(0)).device if callable(params) else "cpu"
+    mask_cfg = model.cfg.mask_head
+    shard = ShardResult(image_ids=[], detections=[])
+    try:
+        for index in tqdm(indices, desc="eval", disable=not progress, unit="img"):
+            image, image_id = source.load(index)
+            result = model.detect([image.to(device)], paste_masks=False)[0]
+            shard.image_ids.append(image_id)
+            shard.detections.extend(
+                detections_to_coco(
+                    result, image_id, label_map, paste=mask_cfg.paste, threshold=mask_cfg.threshold
+                )
+            )
+    finally:
+        if was_training:
+            model.train()
+    return shard
+
+
+def merge_shards(shards: Sequence[ShardResult]) -> ShardResult:
+    """Joins gathered shards in a fixed order (by image id, then by descending score)."""
+    seen: set[int] = set()
+    detections: list[dict[str, Any]] = []
+    for shard in shards:
+        overlap = seen.intersection(shard.image_ids)
+        if overlap:
+            raise ValueError(f"shards overlap: image ids {sorted(overlap)[:10]} appear twice")
+        seen.update(shard.image_ids)
+        detections.extend(shard.detections)
+    detections.sort(key=lambda d: (d["image_id"], -d["score"]))
+    return ShardResult(image_ids=sorted(seen), detections=detections)
+
+
+def run_cocoeval(coco_gt: COCO, merged: ShardResult) -> EvalResult:
+    """COCOeval for "bbox" and "segm" over the images in ``merged``; no detections -> zeros."""
+    n_det = len(merged.detections)
+    if n_det == 0:
+        zeros = CocoStats.zeros()
+        return EvalResult(zeros, zeros, len(merged.image_ids), 0)
+    stats = {}
+    for iou_type in ("bbox", "segm"):
+        if iou_type == "segm" and "segmentation" not in merged.detections[0]:
+            stats[iou_type] = CocoStats.zeros()
+            continue
+        # Copies, as loadRes adds keys in place. For "segm" without "bbox", loadRes takes each
+        # detection's area from its mask, not its box.
+        drop = "bbox" if iou_type == "segm" else "segmentation"
+        records = [{k: v for k, v in r.items() if k != drop} for r in merged.detections]
+        with contextlib.redirect_stdout(io.StringIO()):
+            coco_dt = coco_gt.loadRes(records)
+            evaluator = COCOeval(coco_gt, coco_dt, iou_type)
+            evaluator.params.imgIds = list(merged.image_ids)
+            evaluator.evaluate()
+            evaluator.accumulate()
+            evaluator.summarize()
+        stats[iou_type] = CocoStats(tuple(float(v) for v in np.asarray(evaluator.stats)))
+    return EvalResult(stats["bbox"], stats["segm"], len(merged.image_ids), n_det)
+
+
+def save_outputs(out_dir: str | Path, merged: ShardResult, result: EvalResult) -> None:
+    """Writes ``results.json`` (COCO results), ``metrics.json`` and ``ap_table.md``."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(merged.detections))
+    (out / "metrics.json").write_text(json.dumps(result.to_dict(), indent=1) + "\n")
+    (out / "ap_table.md").write_text(result.table())
+
+
+def _world() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def evaluate_coco(
+    model: Any,
+    data: Any,
+    *,
+    categories: Any = None,
+    out_dir: str | Path | None = None,
+    max_images: int | None = None,
+    progress: bool = True,
+) -> EvalResult:
+    """COCO box and mask AP of ``model`` on a dataset.
+
+    Args:
+        model: a :class:`~maskrcnn.modeling.MaskRCNN` (or any object with ``detect`` and
+            ``cfg``).
+        data: ``(ann_file, image_dir)`` or a dataset of samples (``image``, ``image_id``) with
+            ``coco`` or ``ann_file`` (see :func:`open_source`).
+        categories: how labels map to COCO ids: None (by the model's category names, else
+            labels 1..K by sorted id), a mapping label -> COCO id, a :class:`LabelMap`, or a
+            CategoryMap-like object with ``names_by_label``.
+        out_dir: if given, rank 0 writes results.json, metrics.json and ap_table.md there.
+        max_images: evaluate only the first N images.
+        progress: progress bar and the final table on stdout (rank 0).
+
+    Returns:
+        The same :class:`EvalResult` on every rank.
+    """
+    source = open_source(data)
+    label_map = resolve_label_map(
+        categories,
+        source.coco.loadCats(source.coco.getCatIds()),
+        tuple(getattr(model.cfg, "category_names", ())),
+    )
+    count = len(source) if max_images is None else min(len(source), max_images)
+    rank, world = _world()
+    shard = evaluate_shard(
+        model,
+        source,
+        shard_indices(count, rank, world),
+        label_map,
+        progress=progress and rank == 0,
+    )
+    gathered: list[Any] = [shard]
+    if world > 1:
+        gathered = [None] * world
+        dist.all_gather_object(gathered, shard)
+    result: EvalResult | None = None
+    if rank == 0:
+        merged = merge_shards(gathered)
+        result = run_cocoeval(source.coco, merged)
+        if out_dir is not None:
+            save_outputs(out_dir, merged, result)
+        if progress:
+            print(result.table(), end="")
+    if world > 1:
+        box = [result]
+        dist.broadcast_object_list(box, src=0)
+        result = box[0]
+    assert result is not None
+    return result

@@ -1,0 +1,136 @@
+"""One optimisation step: forward under autocast, agree across ranks, backward, clip, update.
+
+Before the backward pass every rank shares its losses and three flags (non-finite loss,
+stop signal, time budget spent) in one all-reduce, so that all ranks skip, step or stop
+together. A skipped step leaves the weights and the optimizer state untouched.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from maskrcnn.train.runtime import DistInfo, autocast_for
+
+
+@dataclass
+class StepOutcome:
+    """What one step did.
+
+    Attributes:
+        names: ``loss_total`` and the model's loss names.
+        values: their values, averaged over ranks (NaN when the step was skipped).
+        skipped: the loss or the gradient was not finite (on some rank); nothing changed.
+        stop_signal: some rank received SIGINT/SIGTERM.
+        out_of_time: some rank's wall-clock budget is spent.
+    """
+
+    names: list[str]
+    values: list[float]
+    skipped: bool
+    stop_signal: bool
+    out_of_time: bool
+
+
+class StepRunner:
+    """Runs steps of ``model`` (possibly DDP-wrapped) with ``optimizer``.
+
+    Args:
+        model: called as ``model(images, targets)`` -> dict of scalar losses.
+        optimizer: the optimizer.
+        device: where the batch goes.
+        info: the process group membership.
+        amp: autocast dtype (None: full precision).
+        scaler: a GradScaler for fp16, or None.
+        clip_grad_norm: maximum global gradient norm, or None.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        *,
+        device: torch.device,
+        info: DistInfo,
+        amp: torch.dtype | None = None,
+        scaler: Any = None,
+        clip_grad_norm: float | None = None,
+    ) -> None:
+        self.model = model
+        self.optimizer = optimizer
+        self.device = device
+        self.info = info
+        self.amp = amp
+        self.scaler = scaler
+        self.clip = clip_grad_norm
+
+    def __call__(
+        self, batch: Any, *, stop_requested: Callable[[], bool], deadline: float | None
+    ) -> StepOutcome:
+        """One step on ``batch`` = (images, targets, ids).
+
+        Args:
+            batch: (images, targets, image ids) from the loader.
+            stop_requested: asked after the forward pass (has a stop signal arrived?).
+            deadline: ``time.monotonic()`` at which the time budget is spent, or None.
+        """
+        images, targets, _ = batch
+        images = [im.to(self.device, non_blocking=True) for im in images]
+        targets = [t.to(self.device) for t in targets]
+        with autocast_for(self.amp, self.device):
+            losses = self.model(images, targets)
+        names = ["loss_total", *losses]
+        total = sum(losses.values())
+        report = torch.stack(
+            [total.detach().float(), *(v.detach().float() for v in losses.values())]
+        )
+        out_of_time = deadline is not None and time.monotonic() >= deadline
+        finite = bool(torch.isfinite(report).all())
+        flags = torch.tensor([float(not finite), float(stop_requested()), float(out_of_time)])
+        if self.info.distributed:
+            shared = torch.cat([torch.nan_to_num(report.cpu(), 0.0, 0.0, 0.0), flags])
+            shared = shared.to(self.device) if self.device.type == "cuda" else shared
+            dist.all_reduce(shared)
+            shared = shared.cpu()
+            report, flags = shared[: len(names)] / self.info.world_size, shared[len(names) :]
+        skipped = bool(flags[0] > 0)
+        self.optimizer.zero_grad(set_to_none=True)
+        if skipped:
+            if self.info.distributed:  # every rank runs the backward DDP expects, then drops it
+                (total * 0.0).backward()
+                self.optimizer.zero_grad(set_to_none=True)
+        else:
+            skipped = not self._update(total)
+        return StepOutcome(
+            names=names,
+            values=[math.nan] * len(names) if skipped else report.tolist(),
+            skipped=skipped,
+            stop_signal=bool(flags[1] > 0),
+            out_of_time=bool(flags[2] > 0),
+        )
+
+    def _update(self, total: torch.Tensor) -> bool:
+        """Backward, clip, step; False when skipped for a non-finite gradient norm."""
+        scaler = self.scaler
+        (scaler.scale(total) if scaler is not None else total).backward()
+        if self.clip is not None:
+            if scaler is not None:
+                scaler.unscale_(self.optimizer)
+            params = [p for g in self.optimizer.param_groups for p in g["params"]]
+            norm = torch.nn.utils.clip_grad_norm_(params, self.clip)
+            if scaler is None and not bool(torch.isfinite(norm)):
+                self.optimizer.zero_grad(set_to_none=True)
+                return False
+        if scaler is not None:  # the scaler skips steps with inf/NaN gradients by itself
+            scaler.step(self.optimizer)
+            scaler.update()
+        else:
+            self.optimizer.step()
+        return True

@@ -1,0 +1,69 @@
+"""Prediction on files: overlays and predictions.json from a real (tiny, random) model."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+from tiny_coco import LAYOUT
+
+from maskrcnn.cli.evaluate import add_eval_commands
+from maskrcnn.evaluation.predict import list_images, predict_folder
+from maskrcnn.evaluation.results import decode_rle
+from maskrcnn.weights.native import save_model
+
+
+def test_predict_folder_writes_overlays_and_json(tiny_model, tiny_coco, tmp_path, capsys):
+    _, image_dir = tiny_coco
+    out = tmp_path / "pred"
+    summary = predict_folder(
+        tiny_model, [image_dir], out, score_thresh=0.3, batch_size=2, num_workers=1
+    )
+    assert summary.num_images == 3 and summary.images_per_second > 0
+    assert "images/s" in capsys.readouterr().out
+    records = json.loads(summary.json_path.read_text())
+    assert [r["file"] for r in records] == [str(image_dir / f"img{i}.png") for i in (1, 2, 3)]
+    assert sum(len(r["boxes"]) for r in records) > 0
+    for record, ((h, w), _), overlay in zip(records, LAYOUT, summary.overlays):
+        assert (record["height"], record["width"]) == (h, w)
+        n = len(record["boxes"])
+        assert len(record["scores"]) == len(record["labels"]) == len(record["masks"]) == n
+        assert all(s >= 0.3 for s in record["scores"])
+        assert set(record["categories"]) <= {"square", "bar"}
+        for rle in record["masks"]:
+            assert decode_rle(rle).shape == (h, w)
+        with Image.open(overlay) as png:
+            assert png.size == (w, h) and overlay.parent == out
+
+
+def test_bad_and_missing_images_are_named(tiny_model, tmp_path):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    Image.fromarray(np.zeros((20, 24, 3), np.uint8)).save(folder / "a.png")
+    (folder / "broken.jpg").write_bytes(b"not an image")
+    with pytest.raises(ValueError, match="broken.jpg"):
+        predict_folder(tiny_model, [folder], tmp_path / "out", num_workers=1, progress=False)
+    with pytest.raises(FileNotFoundError, match="nowhere.png"):
+        list_images([folder / "nowhere.png"])
+
+
+def test_predict_command(tiny_model, tiny_coco, tmp_path):
+    weights = save_model(tiny_model, tmp_path / "model.safetensors")
+    parser = argparse.ArgumentParser()
+    add_eval_commands(parser.add_subparsers(dest="command"))
+    _, image_dir = tiny_coco
+    image = image_dir / "img2.png"
+    out = tmp_path / "out"
+    args = parser.parse_args(
+        ["predict", str(image), "--weights", str(weights), "--out", str(out), "--workers", "0"]
+    )
+    assert args.func(args) == 0
+    assert (out / "img2.png").is_file() and len(json.loads((out / "predictions.json").read_text()))
+    args = parser.parse_args(
+        ["predict", str(tmp_path / "none"), "--weights", str(weights)] + ["--out", str(out)]
+    )
+    with pytest.raises(SystemExit, match="none"):
+        args.func(args)

@@ -1,0 +1,114 @@
+"""Shared set-up of the training tests: a tiny shapes set, a tiny model config, subprocesses."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from maskrcnn.data.shapes import ShapesFiles, write_shapes_dataset
+from maskrcnn.train.config import TrainConfig
+
+# r18_fpn shrunk for 96x128 images on a CPU: few proposals and RoIs, thin heads.
+TINY_MODEL = (
+    "input.min_size=[80,96]",
+    "input.max_size=128",
+    "fpn.out_channels=64",
+    "rpn.pre_nms_topk_train=200",
+    "rpn.post_nms_topk_train=50",
+    "rpn.pre_nms_topk_test=200",
+    "rpn.post_nms_topk_test=50",
+    "rpn.batch_size_per_image=64",
+    "box_head.batch_size_per_image=32",
+    "box_head.fc_dim=256",
+    "box_head.detections_per_image=20",
+    "mask_head.conv_dim=64",
+)
+
+
+def write_shapes(root: Path, *, train: int = 8, val: int = 4, seed: int = 0) -> ShapesFiles:
+    """The shapes set at 96x128 (some images portrait)."""
+    return write_shapes_dataset(root, train=train, val=val, seed=seed, image_size=(96, 128))
+
+
+def tiny_config(files: ShapesFiles, out: Path, *, val: bool = False, **changes: Any) -> TrainConfig:
+    """A short CPU run of the tiny model on ``files`` (no progress bar, no workers)."""
+    fields: dict[str, Any] = {
+        "train_ann": str(files.train_ann),
+        "train_images": str(files.image_dir),
+        "out_dir": str(out),
+        "preset": "r18_fpn",
+        "model_overrides": TINY_MODEL,
+        "batch_size": 2,
+        "max_iter": 10,
+        "base_lr": 0.01,
+        "base_batch_size": 2,
+        "warmup_iters": 3,
+        "lr_steps": (0.8,),
+        "log_period": 1,
+        "checkpoint_period": 5,
+        "keep_checkpoints": -1,
+        "num_workers": 0,
+        "progress": False,
+        "device": "cpu",
+    }
+    if val:
+        fields.update(val_ann=str(files.val_ann), val_images=str(files.image_dir))
+    fields.update(changes)
+    return TrainConfig(**fields)
+
+
+@contextlib.contextmanager
+def one_thread() -> Iterator[None]:
+    """torch on one thread (the machine is shared; oversubscribed threads are very slow)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def subprocess_env(**extra: str) -> dict[str, str]:
+    """The environment of a training subprocess: one thread, this interpreter's packages."""
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    env.update(extra)
+    return env
+
+
+def train_command(*args: str) -> list[str]:
+    """``python -m maskrcnn.cli.train train ARGS`` with this interpreter."""
+    return [sys.executable, "-m", "maskrcnn.cli.train", "train", *args]
+
+
+def cli_args(cfg: TrainConfig) -> list[str]:
+    """Command-line options that reproduce ``cfg`` (through ``--set`` and ``--train-set``)."""
+    args = ["--train-ann", cfg.train_ann, "--train-images", cfg.train_images]
+    args += ["--out", cfg.out_dir, "--preset", cfg.preset, "--no-progress"]
+    for item in cfg.model_overrides:
+        args += ["--set", item]
+    defaults = TrainConfig(train_ann="x", train_images="x")
+    skip = {"train_ann", "train_images", "out_dir", "preset", "model_overrides", "progress"}
+    for name, (_, value) in defaults.differences(cfg).items():
+        if name not in skip:
+            args += ["--train-set", f"{name}={_json_value(value)}"]
+    return args
+
+
+def _json_value(value: Any) -> str:
+    import json
+
+    return json.dumps(list(value) if isinstance(value, tuple) else value)
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
