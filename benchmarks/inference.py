@@ -14,20 +14,17 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
 from collections import defaultdict
 from pathlib import Path
 
 import torch
 from torch import nn
+from torchvision.models.detection import maskrcnn_resnet50_fpn
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from helpers import randomize_  # noqa: E402
-from torchvision.models.detection import maskrcnn_resnet50_fpn  # noqa: E402
-
-import maskrcnn.modeling.mask_rcnn as our_mask_rcnn  # noqa: E402
-from maskrcnn import from_torchvision  # noqa: E402
+import maskrcnn.modeling.mask_rcnn as our_mask_rcnn
+from maskrcnn import from_torchvision
+from maskrcnn.modeling.randomize import randomize_
 
 
 def reset_peak_rss() -> None:

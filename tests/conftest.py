@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import randomize_
 from tiny_coco import NAMES, write_tiny_coco
 
 from maskrcnn.config import preset
 from maskrcnn.modeling import build_model
+from maskrcnn.modeling.randomize import randomize_
 
 torch.set_num_threads(2)
 

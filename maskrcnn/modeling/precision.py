@@ -1,10 +1,19 @@
-"""Inference precision: fp32, or bf16 autocast where the CPU computes bf16 natively.
+"""Precision: one vocabulary and one resolver for training and inference.
 
-bf16 runs the convolutions and matrix products (backbone, FPN, RPN head, box and mask heads)
-in bfloat16 through ``torch.autocast``. Everything that needs more than bf16's 8 mantissa
-bits stays fp32: the heads' outputs are cast to fp32 before box decoding, NMS, softmax and
-mask sigmoid. Where the CPU has neither AVX-512 BF16 nor AMX, bf16 is emulated and slower,
-so ``resolve_precision`` falls back to fp32 with a warning.
+A precision setting is one of :data:`PRECISIONS`:
+
+* ``"fp32"``: full precision (no autocast).
+* ``"bf16"``: ``torch.autocast`` with bfloat16, on the CPU or CUDA.
+* ``"fp16"``: ``torch.autocast`` with float16, CUDA only (training adds a gradient scaler).
+* ``"auto"``: fp16 on CUDA, bf16 on a CPU that computes bf16 natively, fp32 elsewhere.
+
+:func:`resolve_precision` turns a setting into what runs on a device. Where the CPU has
+neither AVX-512 BF16 nor AMX, bf16 is emulated and slower than fp32, so ``"bf16"`` falls back
+to fp32 there, with a warning, for training and inference alike.
+
+Under bf16 or fp16 the convolutions and matrix products (backbone, FPN, RPN head, box and
+mask heads) run in low precision; everything that needs more mantissa bits stays fp32: the
+heads' outputs are cast to fp32 before box decoding, NMS, softmax and mask sigmoid.
 """
 
 from __future__ import annotations
@@ -15,7 +24,11 @@ from typing import Literal
 
 import torch
 
-Precision = Literal["fp32", "bf16"]
+Precision = Literal["fp32", "bf16", "fp16", "auto"]
+ResolvedPrecision = Literal["fp32", "bf16", "fp16"]
+PRECISIONS: tuple[Precision, ...] = ("fp32", "bf16", "fp16", "auto")
+
+_DTYPES: dict[str, torch.dtype] = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def cpu_has_fast_bf16() -> bool:
@@ -25,21 +38,45 @@ def cpu_has_fast_bf16() -> bool:
     return any(bool(getattr(cpu, name, lambda: False)()) for name in checks)
 
 
-def resolve_precision(precision: str, device: torch.device) -> Precision:
-    """The precision to run at on ``device``: bf16 only where it is fast."""
-    if precision not in ("fp32", "bf16"):
-        raise ValueError(f"precision must be 'fp32' or 'bf16', got {precision!r}")
+def check_precision(precision: object, *, where: str = "precision") -> Precision:
+    """``precision`` if it is one of :data:`PRECISIONS`; a ``ValueError`` naming ``where``."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"{where}: must be one of {list(PRECISIONS)}, got {precision!r}")
+    return precision  # type: ignore[return-value]
+
+
+def resolve_precision(precision: str, device: torch.device) -> ResolvedPrecision:
+    """The precision that runs on ``device`` for a setting.
+
+    Raises:
+        ValueError: an unknown setting, or ``"fp16"`` on a device other than CUDA.
+    """
+    precision = check_precision(precision)
+    if precision == "auto":
+        if device.type == "cuda":
+            return "fp16"
+        return "bf16" if device.type == "cpu" and cpu_has_fast_bf16() else "fp32"
+    if precision == "fp16" and device.type != "cuda":
+        raise ValueError("precision 'fp16' needs CUDA; use 'bf16' (or 'auto') on the CPU")
     if precision == "bf16" and device.type == "cpu" and not cpu_has_fast_bf16():
         warnings.warn(
             "this CPU has no AVX-512 BF16 or AMX: running in fp32 instead of bf16",
             stacklevel=3,
         )
         return "fp32"
-    return precision  # type: ignore[return-value]
+    return precision
 
 
-def autocast(precision: Precision, device: torch.device) -> contextlib.AbstractContextManager:
-    """The autocast context for ``precision`` (a no-op for fp32)."""
-    if precision == "bf16":
-        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
+def autocast_dtype(precision: ResolvedPrecision) -> torch.dtype | None:
+    """The autocast dtype of a resolved precision (None: full precision)."""
+    return _DTYPES.get(precision)
+
+
+def autocast(
+    precision: ResolvedPrecision, device: torch.device
+) -> contextlib.AbstractContextManager[object]:
+    """The autocast context for a resolved precision (a no-op for fp32)."""
+    dtype = autocast_dtype(precision)
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)

@@ -15,6 +15,7 @@ from torchvision.models._utils import IntermediateLayerGetter
 from maskrcnn.config import BackboneConfig
 from maskrcnn.modeling.backbone import ResNet, make_stage
 from maskrcnn.modeling.layers import FrozenBatchNorm2d
+from maskrcnn.modeling.randomize import randomize_
 from maskrcnn.weights.torchvision_keys import load_torchvision_resnet, torchvision_resnet_key
 
 # Both sides run the same fp32 kernels in the same order, so outputs agree bit for bit here;
@@ -33,27 +34,6 @@ TV_CONFIGS = {
 }
 
 
-def randomise_(module: nn.Module, seed: int) -> None:
-    """Overwrites every float parameter and buffer with seeded random values.
-
-    Conv weights get variance 1/fan_in, norm weights U(0.5, 1.5), biases and running means
-    N(0, 0.1^2), running variances U(0.5, 2), so activations stay O(1) through 50+ layers.
-    """
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, t in module.state_dict().items():
-            if not t.is_floating_point():
-                continue
-            if name.endswith("running_var"):
-                t.copy_(torch.rand(t.shape, generator=g) * 1.5 + 0.5)
-            elif name.endswith(("running_mean", "bias")):
-                t.copy_(torch.randn(t.shape, generator=g) * 0.1)
-            elif t.dim() == 1:
-                t.copy_(torch.rand(t.shape, generator=g) + 0.5)
-            else:
-                t.copy_(torch.randn(t.shape, generator=g) / math.sqrt(t[0].numel()))
-
-
 def rel_max_diff(out: Tensor, ref: Tensor) -> float:
     """max |out - ref| / max |ref|."""
     assert out.shape == ref.shape
@@ -63,7 +43,7 @@ def rel_max_diff(out: Tensor, ref: Tensor) -> float:
 @pytest.mark.parametrize("name", ["resnet18", "resnet50", "resnext50_32x4d"])
 def test_parity_with_torchvision(name: str) -> None:
     tv = getattr(tv_resnet, name)(norm_layer=torchvision.ops.FrozenBatchNorm2d).eval()
-    randomise_(tv, seed=0)
+    randomize_(tv, seed=0)
     ours = ResNet(TV_CONFIGS[name]).eval()
     load_torchvision_resnet(ours, tv.state_dict())
     # Odd sizes: every stride-2 step rounds up the same way on both sides.
@@ -198,7 +178,7 @@ def test_init_for_training_from_scratch() -> None:
 
 def test_make_stage_as_c4_head_matches_torchvision_layer4() -> None:
     tv = tv_resnet.resnet50(norm_layer=torchvision.ops.FrozenBatchNorm2d).eval()
-    randomise_(tv, seed=3)
+    randomize_(tv, seed=3)
     head = make_stage(
         block_kind="bottleneck",
         num_blocks=3,

@@ -15,29 +15,13 @@ from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
 from maskrcnn.config import BackboneConfig, FPNConfig
 from maskrcnn.modeling.backbone import ResNet
 from maskrcnn.modeling.fpn import FPN, BackboneWithFPN
+from maskrcnn.modeling.randomize import randomize_
 from maskrcnn.weights.torchvision_keys import torchvision_fpn_key
 
 # Identical kernels give identical results; plain BN (eval) against our FrozenBN computes the
 # same affine map by a different formula, which costs ~1e-6 relative after ~60 layers.
 REL_TOL = 1e-5
 TV_NAMES = {"0": "p2", "1": "p3", "2": "p4", "3": "p5", "pool": "p6"}
-
-
-def randomise_(module: nn.Module, seed: int) -> None:
-    """Seeded random values for every float parameter and buffer (see test_backbone.py)."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, t in module.state_dict().items():
-            if not t.is_floating_point():
-                continue
-            if name.endswith("running_var"):
-                t.copy_(torch.rand(t.shape, generator=g) * 1.5 + 0.5)
-            elif name.endswith(("running_mean", "bias")):
-                t.copy_(torch.randn(t.shape, generator=g) * 0.1)
-            elif t.dim() == 1:
-                t.copy_(torch.rand(t.shape, generator=g) + 0.5)
-            else:
-                t.copy_(torch.randn(t.shape, generator=g) / math.sqrt(t[0].numel()))
 
 
 def convert(tv_backbone: nn.Module) -> dict[str, Tensor]:
@@ -79,7 +63,7 @@ def tv_v1() -> nn.Module:
     """torchvision's v1 backbone as built without weights: plain BatchNorm2d, no FPN norm."""
     backbone = maskrcnn_resnet50_fpn(weights=None, weights_backbone=None).backbone
     assert isinstance(backbone.body.bn1, nn.BatchNorm2d)
-    randomise_(backbone, seed=0)
+    randomize_(backbone, seed=0)
     return backbone
 
 
@@ -92,7 +76,7 @@ def test_parity_v1(tv_v1: nn.Module, norm: str) -> None:
 def test_parity_v1_frozen_bn() -> None:
     # The layout that pretrained v1 weights load into: FrozenBatchNorm2d, layer1+stem frozen.
     tv = resnet_fpn_backbone(backbone_name="resnet50", weights=None, trainable_layers=3)
-    randomise_(tv, seed=5)
+    randomize_(tv, seed=5)
     ours = BackboneWithFPN.from_config(BackboneConfig(norm="frozen_bn", freeze_at=2), FPNConfig())
     check_parity(tv, ours)
     tv_trainable = {n for n, p in tv.named_parameters() if p.requires_grad}
@@ -104,7 +88,7 @@ def test_parity_v1_frozen_bn() -> None:
 
 def test_parity_v2() -> None:
     tv = maskrcnn_resnet50_fpn_v2(weights=None, weights_backbone=None).backbone
-    randomise_(tv, seed=2)
+    randomize_(tv, seed=2)
     ours = BackboneWithFPN.from_config(BackboneConfig(norm="bn"), FPNConfig(norm="bn"))
     assert ours.fpn.lateral_convs[0].conv.bias is None
     check_parity(tv, ours)

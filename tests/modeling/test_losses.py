@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers import randomize_
 from torchvision.models.detection import maskrcnn_resnet50_fpn
 from torchvision.models.detection.roi_heads import fastrcnn_loss, maskrcnn_loss
 
 from maskrcnn import from_torchvision
 from maskrcnn.modeling.losses import fast_rcnn_losses, mask_loss, smooth_l1
+from maskrcnn.modeling.randomize import randomize_
 from maskrcnn.modeling.sampling import match_boxes, sample_balanced
 from maskrcnn.ops import roi_align
 from maskrcnn.structures import ImageList, Instances

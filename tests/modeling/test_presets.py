@@ -6,10 +6,10 @@ import dataclasses
 
 import pytest
 import torch
-from helpers import randomize_
 
 from maskrcnn import build_model, preset
 from maskrcnn.config import PRESETS
+from maskrcnn.modeling.randomize import randomize_
 
 
 @pytest.mark.parametrize("name", sorted(PRESETS))

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers import randomize_
 from torchvision.models.detection import maskrcnn_resnet50_fpn, maskrcnn_resnet50_fpn_v2
 from torchvision.models.detection.roi_heads import paste_masks_in_image
 from torchvision.ops import box_iou
 
 from maskrcnn import from_torchvision
 from maskrcnn.modeling.preprocess import to_input_frame
+from maskrcnn.modeling.randomize import randomize_
 from maskrcnn.ops.paste import paste_masks_torchvision
 
 BUILDER_KWARGS = dict(box_score_thresh=0.0, min_size=320, max_size=480)

@@ -10,11 +10,11 @@ import re
 import numpy as np
 import pytest
 import torch
-from helpers import randomize_
 
 from maskrcnn import build_model, from_detectron2, from_pretrained
 from maskrcnn.config import detectron2_config
 from maskrcnn.data.coco_names import COCO_80_NAMES, COCO_81_NAMES
+from maskrcnn.modeling.randomize import randomize_
 from maskrcnn.weights.detectron2 import load_detectron2_pkl
 
 SMALL = dict(min_size=128, max_size=160, score_thresh=0.0, detections_per_image=20)

@@ -7,7 +7,6 @@ from urllib.error import URLError
 
 import pytest
 import torch
-from helpers import randomize_
 from torchvision.models import resnet18
 from torchvision.models.detection import maskrcnn_resnet50_fpn, maskrcnn_resnet50_fpn_v2
 
@@ -20,6 +19,7 @@ from maskrcnn import (
 )
 from maskrcnn.config import preset, r18_fpn, r50_c4
 from maskrcnn.data.coco_names import COCO_91_NAMES
+from maskrcnn.modeling.randomize import randomize_
 from maskrcnn.weights.pretrained import PUBLISHED, WeightsUnavailableError, hub_cache_path
 from maskrcnn.weights.torchvision import convert_torchvision_state_dict
 from maskrcnn.weights.torchvision_keys import torchvision_resnet_key

@@ -1,4 +1,10 @@
-"""Test helpers shared by several test modules (tests/ is on sys.path)."""
+"""Random weights that keep activations sane: for parity checks against reference models.
+
+Comparing two implementations with the same weights proves little when the weights are a
+fresh initialisation (zero biases, identity norms hide transposed or missing terms). This
+gives every parameter and normalisation statistic of any ``nn.Module`` (ours or a reference
+model) seeded random values instead.
+"""
 
 from __future__ import annotations
 
