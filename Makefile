@@ -18,6 +18,7 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/ruff check maskrcnn tests benchmarks
 	$(BIN)/ruff format --check maskrcnn tests benchmarks
+	$(BIN)/mypy maskrcnn
 	$(BIN)/python -m pytest
 
 format: $(STAMP)

@@ -13,6 +13,7 @@ from typing import Any, Literal
 
 NormKind = Literal["frozen_bn", "bn", "gn", "none"]
 PoolerKind = Literal["align", "align_max", "warp", "pool"]
+ResNetDepth = Literal[18, 34, 50, 101, 152]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -40,7 +41,7 @@ class InputConfig:
 class BackboneConfig:
     """ResNet / ResNeXt bottom-up network."""
 
-    depth: Literal[18, 34, 50, 101, 152] = 50
+    depth: ResNetDepth = 50
     groups: int = 1  # 32 for ResNeXt-101 32x8d
     width_per_group: int = 64  # 8 for ResNeXt-101 32x8d
     norm: NormKind = "frozen_bn"
@@ -216,7 +217,11 @@ def override(cfg: ModelConfig, key: str, value: Any) -> ModelConfig:
 
 def _override(node: Any, parts: list[str], value: Any, key: str) -> Any:
     head, rest = parts[0], parts[1:]
-    if not dataclasses.is_dataclass(node) or head not in {f.name for f in dataclasses.fields(node)}:
+    if (
+        not dataclasses.is_dataclass(node)
+        or isinstance(node, type)
+        or head not in {f.name for f in dataclasses.fields(node)}
+    ):
         raise ValueError(f"unknown config key {key!r}")
     new = _override(getattr(node, head), rest, value, key) if rest else value
     return dataclasses.replace(node, **{head: new})
@@ -330,7 +335,7 @@ _FLOAT32_TINY = 1.1754943508222875e-38  # the smallest positive normal float32
 def detectron2_config(
     num_classes: int = 80,
     *,
-    depth: int = 50,
+    depth: ResNetDepth = 50,
     min_size: int | tuple[int, ...] = (640, 672, 704, 736, 768, 800),
     max_size: int = 1333,
     score_thresh: float = 0.05,

@@ -112,7 +112,7 @@ def read_coco_json(ann_file: str | Path) -> dict[str, Any]:
     return data
 
 
-def scan(data: dict[str, Any], known_category_ids: Container[int]) -> ScanResult:
+def scan(data: dict[str, Any], known_category_ids: Container[object]) -> ScanResult:
     """Checks ids, required fields and references without looking at pixels.
 
     Finds images without ``id``/``file_name``/``width``/``height``, duplicate ids, annotations
@@ -167,7 +167,7 @@ def _annotation_problem(
     ann_ids: Counter[Any],
     image_ids: Counter[Any],
     good_images: set[Any],
-    known_category_ids: Container[int],
+    known_category_ids: Container[object],
 ) -> Problem | None:
     if not _is_dict(ann):
         return Problem(Kind.MISSING_FIELD, f"annotations[{i}]", "not an object")

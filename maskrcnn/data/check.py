@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from PIL import Image
 
@@ -111,18 +112,18 @@ def check_dataset(
     return report
 
 
-def _mask_has_pixels(ann: dict, img: dict) -> bool:
+def _mask_has_pixels(ann: dict[str, Any], img: dict[str, Any]) -> bool:
     try:
         return bool(decode_mask(ann["segmentation"], img["height"], img["width"]).any())
     except (ValueError, TypeError):
         return False
 
 
-def _image_subject(img: dict) -> str:
+def _image_subject(img: dict[str, Any]) -> str:
     return f"image {img['id']} ({img['file_name']})"
 
 
-def _check_image_file(img: dict, image_dir: Path, decode: bool) -> list[Problem]:
+def _check_image_file(img: dict[str, Any], image_dir: Path, decode: bool) -> list[Problem]:
     path = image_dir / img["file_name"]
     subject = _image_subject(img)
     if not path.is_file():

@@ -222,7 +222,7 @@ def build_train_loader(
     world_size: int = 1,
     infinite: bool = False,
     pin_memory: bool = False,
-) -> DataLoader:
+) -> DataLoader[Sample]:
     """A training DataLoader: aspect-ratio grouped batches, this rank's shard, seeded samples.
 
     Args:
@@ -260,7 +260,9 @@ def build_train_loader(
     )
 
 
-def build_test_loader(dataset: Any, *, batch_size: int = 1, num_workers: int = 0) -> DataLoader:
+def build_test_loader(
+    dataset: Any, *, batch_size: int = 1, num_workers: int = 0
+) -> DataLoader[Sample]:
     """An evaluation DataLoader: every image once, in dataset order, no grouping."""
     return DataLoader(
         dataset,

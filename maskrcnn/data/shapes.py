@@ -89,7 +89,8 @@ def write_shapes_dataset(
 def _write_split(
     split: str, count: int, size: tuple[int, int], image_dir: Path, rng: np.random.Generator
 ) -> dict[str, Any]:
-    images, annotations = [], []
+    images: list[dict[str, Any]] = []
+    annotations: list[dict[str, Any]] = []
     for i in range(count):
         h, w = size if rng.random() >= 0.2 else size[::-1]
         file_name = f"{split}_{i:05d}.png"
@@ -170,7 +171,9 @@ def _render(
 def _visible_masks(shapes: list[_Shape]) -> list[np.ndarray]:
     """Later shapes are painted on top: each mask minus the union of the ones after it."""
     visible: list[np.ndarray] = []
-    above = np.zeros_like(shapes[0].mask) if shapes else None
+    if not shapes:
+        return visible
+    above = np.zeros_like(shapes[0].mask)
     for shape in reversed(shapes):
         visible.append(shape.mask & ~above)
         above = above | shape.mask
@@ -237,13 +240,9 @@ def _background(h: int, w: int, rng: np.random.Generator) -> np.ndarray:
         cell = rng.uniform(8, 40)
         t = ((np.floor(xs / cell) + np.floor(ys / cell)) % 2).astype(np.float64)
     else:  # smooth noise: a coarse random grid, upsampled
-        coarse = rng.random((h // 16 + 2, w // 16 + 2))
-        t = (
-            np.asarray(
-                Image.fromarray((coarse * 255).astype(np.uint8)).resize((w, h), Image.BILINEAR)
-            ).astype(np.float64)
-            / 255.0
-        )
+        coarse = Image.fromarray((rng.random((h // 16 + 2, w // 16 + 2)) * 255).astype(np.uint8))
+        upsampled = coarse.resize((w, h), Image.Resampling.BILINEAR)
+        t = np.asarray(upsampled).astype(np.float64) / 255.0
     image = a * (1 - t[..., None]) + b * t[..., None]
     image += rng.normal(0, rng.uniform(2, 15), size=image.shape)
     return np.clip(image, 0, 255).astype(np.uint8)

@@ -49,7 +49,7 @@ class _Decoded:
     error: str | None
 
 
-class _ImageFiles(Dataset):
+class _ImageFiles(Dataset[_Decoded]):
     """Decodes image files; a failure is returned (not raised) so the main process names it."""
 
     def __init__(self, paths: Sequence[Path]) -> None:

@@ -70,12 +70,12 @@ def open_source(data: Any) -> EvalSource:
     if isinstance(data, EvalSource):
         return data
     if isinstance(data, (tuple, list)) and len(data) == 2:
-        ann_file, image_dir = Path(data[0]), Path(data[1])
+        ann_path, image_dir = Path(data[0]), Path(data[1])
         if not image_dir.is_dir():
             raise FileNotFoundError(f"image folder not found: {image_dir}")
-        coco = load_coco(ann_file)
+        coco = load_coco(ann_path)
         return EvalSource(
-            coco=coco, name=str(ann_file), image_dir=image_dir, image_ids=sorted(coco.getImgIds())
+            coco=coco, name=str(ann_path), image_dir=image_dir, image_ids=sorted(coco.getImgIds())
         )
     if not hasattr(data, "__getitem__") or not hasattr(data, "__len__"):
         raise TypeError(

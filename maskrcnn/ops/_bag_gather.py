@@ -31,6 +31,16 @@ from torch.autograd.function import FunctionCtx, once_differentiable
 OUTPUT_CHUNK_ELEMENTS = 1 << 22
 
 
+class TableFunctionCtx(FunctionCtx):
+    """The ``ctx`` of the table Functions here, as their forward fills it for their backward.
+
+    For the type checker only: at run time autograd passes its own context object.
+    """
+
+    saved_tensors: tuple[Tensor, ...]
+    num_rows: int  # R, the table's row count
+
+
 def bags_from_padded(index: Tensor, weight: Tensor, keep: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """Packs padded bags into the flat (index, weight, offsets) form ``embedding_bag`` takes.
 
@@ -87,7 +97,7 @@ class WeightedBagGather(torch.autograd.Function):
 
     @staticmethod
     def forward(
-        ctx: FunctionCtx, table: Tensor, index: Tensor, weight: Tensor, offsets: Tensor
+        ctx: TableFunctionCtx, table: Tensor, index: Tensor, weight: Tensor, offsets: Tensor
     ) -> Tensor:
         """table [R, C], index [E], weight [E], offsets [B] -> [B, C]."""
         ctx.save_for_backward(index, weight, offsets)
@@ -96,7 +106,7 @@ class WeightedBagGather(torch.autograd.Function):
 
     @staticmethod
     @once_differentiable
-    def backward(ctx: FunctionCtx, grad_out: Tensor) -> tuple[Tensor | None, None, None, None]:
+    def backward(ctx: TableFunctionCtx, grad_out: Tensor) -> tuple[Tensor | None, None, None, None]:
         """grad_out [B, C] -> grad_table [R, C]."""
         index, weight, offsets = ctx.saved_tensors
         bag, bag_weight, row_offsets = _transpose_bags(index, weight, offsets, ctx.num_rows)
@@ -119,7 +129,8 @@ def weighted_bag_gather(table: Tensor, index: Tensor, weight: Tensor, offsets: T
         [B, C]; an empty bag gives a zero row.
     """
     if table.requires_grad and torch.is_grad_enabled():
-        return WeightedBagGather.apply(table, index, weight, offsets)
+        out: Tensor = WeightedBagGather.apply(table, index, weight, offsets)
+        return out
     return F.embedding_bag(index, table, offsets, mode="sum", per_sample_weights=weight)
 
 
@@ -179,7 +190,7 @@ class RoIBagGather(torch.autograd.Function):
 
     @staticmethod
     def forward(
-        ctx: FunctionCtx,
+        ctx: TableFunctionCtx,
         table: Tensor,
         index: Tensor,
         weight: Tensor,
@@ -194,7 +205,9 @@ class RoIBagGather(torch.autograd.Function):
 
     @staticmethod
     @once_differentiable
-    def backward(ctx: FunctionCtx, grad_out: Tensor):
+    def backward(
+        ctx: TableFunctionCtx, grad_out: Tensor
+    ) -> tuple[Tensor, None, None, None, None, None]:
         """grad_out [K, C, PH, PW] -> grad_table [R, C]."""
         index, weight, offsets = ctx.saved_tensors
         num_rois, c, ph, pw = grad_out.shape
@@ -219,5 +232,6 @@ def roi_bag_gather(
 ) -> Tensor:
     """:func:`gather_to_rois`, differentiable with respect to ``table`` when it needs a grad."""
     if table.requires_grad and torch.is_grad_enabled():
-        return RoIBagGather.apply(table, index, weight, offsets, output_size, out_dtype)
+        out: Tensor = RoIBagGather.apply(table, index, weight, offsets, output_size, out_dtype)
+        return out
     return gather_to_rois(table, index, weight, offsets, output_size, out_dtype)

@@ -215,12 +215,14 @@ def _avg_bags(
         )
     if len(pieces) == 1:
         return pieces[0]
-    index, weight, offsets = zip(*pieces)
+    indices = [piece[0] for piece in pieces]
+    weights = [piece[1] for piece in pieces]
     shifts = [0]
-    for piece in index[:-1]:
-        shifts.append(shifts[-1] + piece.numel())
-    offsets = torch.cat([o + shift for o, shift in zip(offsets, shifts)])  # global entry starts
-    return torch.cat(index), torch.cat(weight), offsets
+    for piece_index in indices[:-1]:
+        shifts.append(shifts[-1] + piece_index.numel())
+    # Global entry starts: each piece's offsets count from its own first entry.
+    offsets = torch.cat([piece[2] + shift for piece, shift in zip(pieces, shifts)])
+    return torch.cat(indices), torch.cat(weights), offsets
 
 
 def _max_bins(

@@ -26,8 +26,9 @@ from functools import partial
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.autograd.function import FunctionCtx, once_differentiable
+from torch.autograd.function import once_differentiable
 
+from maskrcnn.ops._bag_gather import TableFunctionCtx
 from maskrcnn.ops._roi_args import (
     BoxesLike,
     boxes_to_rois,
@@ -100,7 +101,7 @@ class BagMax(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx: FunctionCtx, table: Tensor, index: Tensor, offsets: Tensor) -> Tensor:
+    def forward(ctx: TableFunctionCtx, table: Tensor, index: Tensor, offsets: Tensor) -> Tensor:
         """table [R, C], index [E], offsets [B] -> [B, C] (0 for an empty bag)."""
         out, _, bag_size, argmax = torch.embedding_bag(table, index, offsets, False, 2)
         ctx.save_for_backward(argmax, bag_size)  # [B, C] arg-max table rows, [B] sizes
@@ -109,7 +110,7 @@ class BagMax(torch.autograd.Function):
 
     @staticmethod
     @once_differentiable
-    def backward(ctx: FunctionCtx, grad_out: Tensor) -> tuple[Tensor, None, None]:
+    def backward(ctx: TableFunctionCtx, grad_out: Tensor) -> tuple[Tensor, None, None]:
         """grad_out [B, C] -> grad_table [R, C]."""
         argmax, bag_size = ctx.saved_tensors
         c = grad_out.shape[1]

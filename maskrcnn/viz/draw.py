@@ -36,12 +36,13 @@ def _binary_masks(instances: Instances, size: tuple[int, int]) -> Tensor | None:
     masks = instances.masks
     if masks is None:
         return None
+    given_shape = tuple(masks.shape)
     if masks.dim() == 4 and masks.shape[1] == 1:
         masks = masks[:, 0]
     if masks.dim() != 3 or tuple(masks.shape[-2:]) != size:
         raise ValueError(
             f"instances.masks: expected image-sized [N, {size[0]}, {size[1]}] or "
-            f"[N, 1, {size[0]}, {size[1]}] masks, got {tuple(instances.masks.shape)}"
+            f"[N, 1, {size[0]}, {size[1]}] masks, got {given_shape}"
         )
     return masks if masks.dtype == torch.bool else masks >= 0.5
 

@@ -28,6 +28,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from matplotlib import colormaps
@@ -55,17 +56,18 @@ DPI = 110
 VALUE_FORMAT = "{:.3f}"  # how pooled numbers are written
 MAP_CMAP = "Blues"
 Point = tuple[float, float]
-TEXT = {"ha": "center", "va": "center"}
-VALUE_TEXT = {"fontsize": 9, "color": "#808080", "zorder": 4.5, **TEXT}
-WEIGHT_TEXT = {"ha": "center", "fontsize": 9, "weight": "bold", "zorder": 10}
-EXACT_LINE = {"color": ROI_COLOR, "lw": 2.2, "ls": (0, (5, 3))}
-QUANT_LINE = {"color": QUANT_COLOR, "lw": 2.4}
-WARP_LINE = {"color": WARP_COLOR, "lw": 1.8, "ls": (0, (1.5, 2.5))}
-STAR_LINE = {"color": SAMPLE_COLOR, "marker": "*", "ms": 11, "lw": 1.5}
-SAMPLE_DOT = {"s": 34, "zorder": 8, "ec": "white", "lw": 0.8}
-DOT = {"ls": "none", "marker": "o", "color": "#777777", "ms": 7}
-LEGEND = {"loc": "upper left", "fontsize": 10, "frameon": False, "handlelength": 2.6}
-MARGINS = {"left": 0.035, "right": 0.985, "top": 0.885, "bottom": 0.165}
+Style = dict[str, Any]  # matplotlib artist properties, passed on as keyword arguments
+TEXT: Style = {"ha": "center", "va": "center"}
+VALUE_TEXT: Style = {"fontsize": 9, "color": "#808080", "zorder": 4.5, **TEXT}
+WEIGHT_TEXT: Style = {"ha": "center", "fontsize": 9, "weight": "bold", "zorder": 10}
+EXACT_LINE: Style = {"color": ROI_COLOR, "lw": 2.2, "ls": (0, (5, 3))}
+QUANT_LINE: Style = {"color": QUANT_COLOR, "lw": 2.4}
+WARP_LINE: Style = {"color": WARP_COLOR, "lw": 1.8, "ls": (0, (1.5, 2.5))}
+STAR_LINE: Style = {"color": SAMPLE_COLOR, "marker": "*", "ms": 11, "lw": 1.5}
+SAMPLE_DOT: Style = {"s": 34, "zorder": 8, "ec": "white", "lw": 0.8}
+DOT: Style = {"ls": "none", "marker": "o", "color": "#777777", "ms": 7}
+LEGEND: Style = {"loc": "upper left", "fontsize": 10, "frameon": False, "handlelength": 2.6}
+MARGINS: Style = {"left": 0.035, "right": 0.985, "top": 0.885, "bottom": 0.165}
 TITLES = (
     "1. RoIPool (Fast R-CNN)\nround the RoI, integer bins, max per bin",
     f"2. RoIAlign (Mask R-CNN), sampling_ratio={SAMPLING_RATIO}, aligned={ALIGNED}\n"
@@ -203,7 +205,7 @@ def _grid_panel(ax: Axes, fmap: list[list[float]], title: str, backed: bool = Tr
         ax.axhline(k, color="#c8c8c8", lw=0.6, zorder=1)
         ax.axvline(k, color="#c8c8c8", lw=0.6, zorder=1)
     x1, y1, x2, y2 = (v * SPATIAL_SCALE for v in ROI)
-    style = {"fill": False, "ec": ROI_COLOR, "lw": 2.2, "ls": (0, (5, 3)), "zorder": 6}
+    style: Style = {"fill": False, "ec": ROI_COLOR, "lw": 2.2, "ls": (0, (5, 3)), "zorder": 6}
     ax.add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, **style))
     ax.set(xlim=(0, GRID), ylim=(GRID, 0), aspect="equal")
     ax.set(xticks=range(GRID + 1), yticks=range(GRID + 1))
@@ -271,15 +273,21 @@ def _legend(ax: Axes, handles: list[Artist], extra: str | None = None) -> None:
         leg.get_texts()[-1].set_color(SAMPLE_COLOR)
 
 
-def _caption(qbox: tuple[int, ...], align_grid: list, warp_grid: list) -> str:
+def _caption(
+    qbox: tuple[int, ...], align_grid: list[list[list[Point]]], warp_grid: list[list[list[Point]]]
+) -> str:
     """The figure's caption, with the example's own numbers."""
     x1, y1, x2, y2 = (v * SPATIAL_SCALE for v in ROI)
     qx, qy, qx2, qy2 = qbox
     outside = max(x1 - qx, qx2 + 1 - x2, y1 - qy, qy2 + 1 - y2)
     dropped = max(qx - x1, x2 - qx2 - 1, qy - y1, y2 - qy2 - 1)
 
-    def centres(grid: list) -> list[Point]:
-        return [tuple(sum(v) / len(v) for v in zip(*bin_)) for row in grid for bin_ in row]
+    def centre(points: list[Point]) -> Point:
+        xs, ys = zip(*points)
+        return sum(xs) / len(xs), sum(ys) / len(ys)
+
+    def centres(grid: list[list[list[Point]]]) -> list[Point]:
+        return [centre(bin_) for row in grid for bin_ in row]
 
     pairs = zip(centres(warp_grid), centres(align_grid))
     shifts = [abs(w - a) for cw, ca in pairs for w, a in zip(cw, ca)]
@@ -342,7 +350,7 @@ def draw_roi_ops(out: str | Path) -> RoIExplainResult:
     quant = Line2D([], [], label=label, **QUANT_LINE)
     n = SAMPLING_RATIO
     dots = Line2D([], [], label=f"{n}x{n} sample points per bin (colour = bin), averaged", **DOT)
-    quant_box = {"fill": False, "ec": QUANT_COLOR, "lw": 2.4, "zorder": 6}
+    quant_box: Style = {"fill": False, "ec": QUANT_COLOR, "lw": 2.4, "zorder": 6}
 
     # 1. RoIPool: rounded RoI, integer bins, the max cell of each bin highlighted.
     ax = axes[0]
@@ -353,12 +361,12 @@ def draw_roi_ops(out: str | Path) -> RoIExplainResult:
         argmax.append([])
         for j, (h0, h1, w0, w1) in enumerate(row):
             color = BIN_COLORS[i * OUTPUT + j]
-            fill = {"fc": color, "alpha": 0.2, "ec": color, "lw": 1.2, "zorder": 2}
+            fill: Style = {"fc": color, "alpha": 0.2, "ec": color, "lw": 1.2, "zorder": 2}
             ax.add_patch(Rectangle((w0 + 0.07, h0 + 0.07), w1 - w0 - 0.14, h1 - h0 - 0.14, **fill))
             cells = [(r, c) for r in range(h0, h1) for c in range(w0, w1)]
             best = max(cells, key=lambda rc: fmap[rc[0]][rc[1]])
             argmax[i].append(best)
-            ring = {"fill": False, "ec": color, "lw": 2.8, "zorder": 7}
+            ring: Style = {"fill": False, "ec": color, "lw": 2.8, "zorder": 7}
             ax.add_patch(Rectangle((best[1] + 0.12, best[0] + 0.12), 0.76, 0.76, **ring))
     binfill = Patch(fc="#cccccc", ec="#888888", label="integer bins of whole cells (colour = bin)")
     maxcell = Patch(fc="white", ec="#444444", lw=2.5, label="max cell of each bin = the output")

@@ -69,7 +69,8 @@ def _allowed_globals() -> dict[tuple[str, str], Any]:
     for core in ("numpy.core", "numpy._core"):  # numpy 1 and numpy 2 spellings
         table[(f"{core}.multiarray", "_reconstruct")] = multiarray._reconstruct
         table[(f"{core}.multiarray", "scalar")] = multiarray.scalar
-        table[(f"{core}.numeric", "_frombuffer")] = numeric._frombuffer  # protocol 5
+        # protocol 5; numpy's stubs leave out this private helper
+        table[(f"{core}.numeric", "_frombuffer")] = numeric._frombuffer  # type: ignore[attr-defined]
     plain = {"set": set, "frozenset": frozenset, "complex": complex, "bytes": _sized(bytes)}
     for builtins in ("builtins", "__builtin__"):  # Python 3 and Python 2 spellings
         for name, obj in plain.items():

@@ -26,9 +26,15 @@ from torch import Tensor
 
 from maskrcnn.data.coco_names import COCO_81_NAMES, COCO_91_NAMES
 from maskrcnn.modeling import MaskRCNN
+from maskrcnn.modeling.backbone import ResNet
 from maskrcnn.weights.detectron2 import from_detectron2, read_detectron2_weights
 from maskrcnn.weights.native import FORMAT, load_model
-from maskrcnn.weights.torchvision import from_torchvision, load_exact, read_state_dict
+from maskrcnn.weights.torchvision import (
+    TorchvisionVariant,
+    from_torchvision,
+    load_exact,
+    read_state_dict,
+)
 from maskrcnn.weights.torchvision_keys import load_torchvision_resnet, torchvision_resnet_key
 
 _BASE = "https://download.pytorch.org/models/"
@@ -131,7 +137,7 @@ def from_pretrained(name_or_path: str | Path, **kwargs: Any) -> MaskRCNN:
                 f"load_imagenet_backbone(model, {name!r})"
             )
         kwargs.setdefault("category_names", COCO_91_NAMES)
-        variant = "v1" if published.kind == "torchvision_v1" else "v2"
+        variant: TorchvisionVariant = "v1" if published.kind == "torchvision_v1" else "v2"
         return from_torchvision(fetch_state_dict(name), variant, **kwargs)
     path = Path(name_or_path)
     if not path.is_file():
@@ -169,7 +175,9 @@ def _from_state_dict(state: Mapping[str, Any], source: str, **kwargs: Any) -> Ma
             "save models with maskrcnn.save_model(model, 'name.safetensors') and load that file"
         )
     if any(k.startswith("backbone.body.") for k in keys):
-        variant = "v2" if any(k.startswith("roi_heads.box_head.0.") for k in keys) else "v1"
+        variant: TorchvisionVariant = (
+            "v2" if any(k.startswith("roi_heads.box_head.0.") for k in keys) else "v1"
+        )
         rows = state.get("roi_heads.box_predictor.cls_score.weight")
         if rows is not None and rows.shape[0] == len(COCO_91_NAMES):
             kwargs.setdefault("category_names", COCO_91_NAMES)
@@ -224,11 +232,16 @@ def load_imagenet_backbone(model: MaskRCNN, name_or_path: str | Path) -> MaskRCN
             stacklevel=2,
         )
     if cfg.head == "fpn":
-        load_torchvision_resnet(model.backbone.bottom_up, state)
+        bottom_up = model.backbone.bottom_up
+        if not isinstance(bottom_up, ResNet):
+            raise TypeError(f"model.backbone.bottom_up: expected a ResNet, got {bottom_up!r}")
+        load_torchvision_resnet(bottom_up, state)
         return model
+    backbone, shared_head = model.backbone, model.roi_heads.shared_head
+    if not isinstance(backbone, ResNet) or shared_head is None:
+        raise TypeError("a C4 model needs a ResNet backbone and a res5 shared head")
     res5 = {k: v for k, v in state.items() if k.startswith("layer4.")}
     rest = {k: v for k, v in state.items() if not k.startswith("layer4.")}
-    shared_head = model.roi_heads.shared_head
     mapped = {}
     for key, value in res5.items():  # layer4.{b}.x -> res5.{b}.x -> {b}.x of the shared head
         new = str(torchvision_resnet_key(key)).removeprefix("res5.")
@@ -239,6 +252,6 @@ def load_imagenet_backbone(model: MaskRCNN, name_or_path: str | Path) -> MaskRCN
     problems += [k for k, v in mapped.items() if k in own and v.shape != own[k].shape]
     if problems:  # checked before anything is loaded
         raise ValueError(f"{name}: layer4 does not fit the res5 head: {problems[:8]}")
-    load_torchvision_resnet(model.backbone, rest)  # validates before loading
+    load_torchvision_resnet(backbone, rest)  # validates before loading
     load_exact(shared_head, mapped, source=f"{name}: layer4")
     return model

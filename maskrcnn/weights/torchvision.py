@@ -21,6 +21,9 @@ from maskrcnn.config import ModelConfig, torchvision_v1, torchvision_v2
 from maskrcnn.modeling import MaskRCNN, build_model
 from maskrcnn.weights.torchvision_keys import torchvision_key
 
+TorchvisionVariant = Literal["v1", "v2"]
+"""torchvision's Mask R-CNN designs: ``maskrcnn_resnet50_fpn`` (v1) and its ``_v2``."""
+
 
 def convert_torchvision_state_dict(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
     """Renames every key; an unknown key raises a ``ValueError`` naming it."""
@@ -86,7 +89,7 @@ _BUILDER_KWARGS = {
 }
 
 
-def torchvision_config(variant: Literal["v1", "v2"] = "v1", **kwargs: Any) -> ModelConfig:
+def torchvision_config(variant: TorchvisionVariant = "v1", **kwargs: Any) -> ModelConfig:
     """The configuration reproducing torchvision's model, with its builder's keyword arguments.
 
     ``norm_eps`` (ours) sets the FrozenBN eps: 0.0 for the published v1 weights (default), 1e-5
@@ -140,7 +143,7 @@ def torchvision_config(variant: Literal["v1", "v2"] = "v1", **kwargs: Any) -> Mo
 
 def from_torchvision(
     state_dict_or_path: str | Path | Mapping[str, Tensor],
-    variant: Literal["v1", "v2"] = "v1",
+    variant: TorchvisionVariant = "v1",
     *,
     category_names: tuple[str, ...] = (),
     **kwargs: Any,
