@@ -18,8 +18,6 @@ import json
 import time
 from pathlib import Path
 
-import numpy as np
-import pycocotools.mask as mask_utils
 import torch
 from pycocotools.cocoeval import COCOeval
 from torch import nn
@@ -27,10 +25,12 @@ from torchvision.models.detection import MaskRCNN
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
 
+from maskrcnn.data.annotations import encode_binary_mask
 from maskrcnn.data.coco import CocoDataset
 from maskrcnn.data.loader import build_train_loader
 from maskrcnn.data.transforms import train_transforms
 from maskrcnn.demo import DemoSettings
+from maskrcnn.modeling.modes import eval_mode
 
 
 def build_reference(num_classes: int) -> MaskRCNN:
@@ -54,18 +54,15 @@ def build_reference(num_classes: int) -> MaskRCNN:
 
 
 def evaluate(model: MaskRCNN, val: CocoDataset) -> dict[str, float]:
-    model.eval()
     results = []
-    with torch.inference_mode():
+    with eval_mode(model), torch.inference_mode():
         for i in range(len(val)):
             sample = val[i]
             out = model([sample.image])[0]
             for box, score, label, mask in zip(
                 out["boxes"], out["scores"], out["labels"], out["masks"]
             ):
-                binary = np.asfortranarray((mask[0] >= 0.5).numpy().astype(np.uint8))
-                rle = mask_utils.encode(binary)
-                rle["counts"] = rle["counts"].decode("ascii")
+                rle = encode_binary_mask((mask[0] >= 0.5).numpy())
                 x0, y0, x1, y1 = box.tolist()
                 results.append(
                     {

@@ -22,7 +22,6 @@ import torch
 from torch import nn
 from torchvision.models.detection import maskrcnn_resnet50_fpn
 
-import maskrcnn.modeling.mask_rcnn as our_mask_rcnn
 from maskrcnn import from_torchvision
 from maskrcnn.modeling.randomize import randomize_
 
@@ -74,7 +73,7 @@ class StageTimer:
 
 
 def our_stages(model) -> dict[str, list[nn.Module]]:
-    """Our model's modules grouped by pipeline stage (the paste is timed separately)."""
+    """Our model's modules grouped by pipeline stage."""
     heads = model.roi_heads
     return {
         "backbone": [model.backbone.bottom_up],
@@ -82,6 +81,7 @@ def our_stages(model) -> dict[str, list[nn.Module]]:
         "rpn": [model.rpn],
         "box head": [heads.box_pooler, heads.box_head, heads.box_predictor],
         "mask head": [heads.mask_pooler, heads.mask_head],
+        "paste": [model.postprocessor],  # boxes to the image frame, masks pasted
     }
 
 
@@ -90,9 +90,8 @@ def trained_agreement(model_path: str, image_dir: str, limit: int = 40) -> str:
     from maskrcnn import load_model
     from maskrcnn.data.io import load_image
 
-    fp32 = load_model(model_path)
-    bf16 = load_model(model_path)
-    bf16.precision = "bf16"
+    fp32 = load_model(model_path).set_precision("fp32")
+    bf16 = load_model(model_path).set_precision("bf16")
     files = sorted(p for p in Path(image_dir).iterdir() if p.suffix.lower() in {".png", ".jpg"})
     weighted, matched, total = 0.0, 0, 0
     with torch.no_grad():
@@ -223,20 +222,8 @@ def main() -> None:
     reference.transform.postprocess = timed(reference.transform.postprocess, ref_timer, "paste")
     our_timer = StageTimer(our_stages(ours))
     ours_bf16 = from_torchvision(reference.state_dict(), "v1", norm_eps=1e-5, **kwargs)
-    ours_bf16.precision = "bf16"
+    ours_bf16.set_precision("bf16")
     bf16_timer = StageTimer(our_stages(ours_bf16))
-    # Both of our models call the same module-level paste: charge it to whichever is running.
-    running: list[StageTimer] = [our_timer]
-    paste = our_mask_rcnn.to_input_frame
-
-    def timed_paste(*args, **kwargs):
-        start = time.perf_counter()
-        try:
-            return paste(*args, **kwargs)
-        finally:
-            running[0].add("paste", time.perf_counter() - start)
-
-    our_mask_rcnn.to_input_frame = timed_paste
     runners = {
         "torchvision": (reference, ref_timer),
         "ours": (ours, our_timer),
@@ -251,8 +238,7 @@ def main() -> None:
         timer.reset()
     with torch.no_grad():
         for _ in range(args.reps):
-            for name, (model, timer) in runners.items():
-                running[0] = timer
+            for name, (model, _) in runners.items():
                 base = current_rss_mb()
                 reset_peak_rss()
                 start = time.perf_counter()

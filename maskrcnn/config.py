@@ -14,9 +14,19 @@ from typing import Any, Literal
 NormKind = Literal["frozen_bn", "bn", "gn", "none"]
 PoolerKind = Literal["align", "align_max", "warp", "pool"]
 ResNetDepth = Literal[18, 34, 50, 101, 152]
+# The project's precision vocabulary (resolved for a device by maskrcnn.modeling.precision).
+Precision = Literal["fp32", "bf16", "fp16", "auto"]
+PRECISIONS: tuple[Precision, ...] = ("fp32", "bf16", "fp16", "auto")
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def check_precision(precision: object, *, where: str = "precision") -> Precision:
+    """``precision`` if it is one of :data:`PRECISIONS`; a ``ValueError`` naming ``where``."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"{where}: must be one of {list(PRECISIONS)}, got {precision!r}")
+    return precision
 
 
 @dataclass(frozen=True)
@@ -159,6 +169,12 @@ class ModelConfig:
     box_head: BoxHeadConfig = field(default_factory=BoxHeadConfig)
     mask_head: MaskHeadConfig = field(default_factory=MaskHeadConfig)
     category_names: tuple[str, ...] = ()  # index = label; "" where a label has no name
+    # Inference precision of detect()/predict() (training has its own, TrainConfig.amp).
+    # "bf16" falls back to fp32 on CPUs without fast bf16; see maskrcnn.modeling.precision.
+    precision: Precision = "fp32"
+
+    def __post_init__(self) -> None:
+        check_precision(self.precision, where="config.precision")
 
     def replace(self, **changes: Any) -> ModelConfig:
         """Returns a copy with top-level fields replaced."""
@@ -170,7 +186,11 @@ class ModelConfig:
 
     @staticmethod
     def from_dict(data: dict[str, Any]) -> ModelConfig:
-        """Inverse of :meth:`to_dict`; unknown keys raise a ``ValueError`` naming them."""
+        """Inverse of :meth:`to_dict`; unknown keys raise a ``ValueError`` naming them.
+
+        Missing keys take their defaults, so configurations saved before a field existed
+        still load (e.g. ``precision``, "fp32").
+        """
         return _from_dict(ModelConfig, data, "config")
 
 

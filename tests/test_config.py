@@ -37,3 +37,15 @@ def test_torchvision_quirks_are_configuration():
     assert v1.mask_head.paste == "torchvision" and v1.backbone.norm_eps == 0.0
     ours = preset("r50_fpn")
     assert ours.box_head.pooler.aligned and ours.mask_head.paste == "grid_sample"
+
+
+def test_precision_is_a_checked_field_defaulting_to_fp32():
+    cfg = preset("r18_fpn")
+    assert cfg.precision == "fp32"
+    assert cfg.replace(precision="bf16").precision == "bf16"
+    with pytest.raises(ValueError, match=r"config.precision: must be one of .*'half'"):
+        cfg.replace(precision="half")
+    data = cfg.replace(precision="auto").to_dict()
+    assert ModelConfig.from_dict(json.loads(json.dumps(data))).precision == "auto"
+    del data["precision"]  # a configuration saved before the field existed
+    assert ModelConfig.from_dict(data) == cfg

@@ -7,10 +7,11 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
-import pycocotools.mask as mask_util
 import torch
 from PIL import Image
+from torch import nn
 
+from maskrcnn.data.annotations import encode_binary_mask
 from maskrcnn.structures import Instances
 
 CATEGORIES = [{"id": 3, "name": "square"}, {"id": 7, "name": "bar"}]
@@ -35,8 +36,7 @@ def write_tiny_coco(root: Path) -> tuple[Path, Path]:
             mask = np.zeros((h, w), np.uint8)
             mask[y0:y1, x0:x1] = 1
             pixels[mask.astype(bool)] = (230, 40, 40) if cat == 3 else (40, 40, 230)
-            rle = mask_util.encode(np.asfortranarray(mask))
-            rle["counts"] = rle["counts"].decode("ascii")
+            rle = encode_binary_mask(mask)
             annotations.append(
                 {
                     "id": len(annotations) + 1,
@@ -57,7 +57,7 @@ def write_tiny_coco(root: Path) -> tuple[Path, Path]:
     return ann, image_dir
 
 
-class GroundTruthModel:
+class GroundTruthModel(nn.Module):
     """A stand-in for MaskRCNN whose ``detect`` returns the ground truth (optionally shifted).
 
     Images are recognised by their size (each image of LAYOUT has its own). RoI-frame masks are
@@ -65,6 +65,7 @@ class GroundTruthModel:
     """
 
     def __init__(self, shift: float = 0.0, empty: bool = False) -> None:
+        super().__init__()
         self.cfg = SimpleNamespace(
             mask_head=SimpleNamespace(paste="grid_sample", threshold=0.5), category_names=NAMES
         )

@@ -1,7 +1,10 @@
 """The ``eval`` and ``predict`` commands, added to the main parser by :func:`add_eval_commands`.
 
-maskrcnn eval --weights W --ann J --images DIR [--out DIR] [--max-images N]
-maskrcnn predict IMAGES... --weights W --out DIR [--score-thresh 0.5]
+maskrcnn eval --weights W --ann J --images DIR [--out DIR] [--max-images N] [--precision P]
+maskrcnn predict IMAGES... --weights W --out DIR [--score-thresh 0.5] [--precision P]
+
+``--precision`` (fp32, bf16, fp16, auto) overrides the model file's inference precision
+(``ModelConfig.precision``) for the run.
 """
 
 from __future__ import annotations
@@ -10,21 +13,26 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from maskrcnn.config import PRECISIONS, check_precision
 
-def load_weights(weights: str) -> Any:
+
+def load_weights(weights: str, *, precision: str | None = None) -> Any:
     """Our ``.safetensors`` model file (:func:`maskrcnn.weights.native.load_model`).
 
     Anything else (a published name, a torchvision or detectron2 file) goes through
-    :func:`maskrcnn.weights.pretrained.from_pretrained`.
+    :func:`maskrcnn.weights.pretrained.from_pretrained`. ``precision``, if given, replaces the
+    model's inference precision.
     """
     path = Path(weights)
     if path.suffix == ".safetensors":
         from maskrcnn.weights.native import load_model
 
-        return load_model(path)
-    from maskrcnn.weights.pretrained import from_pretrained
+        model = load_model(path)
+    else:
+        from maskrcnn.weights.pretrained import from_pretrained
 
-    return from_pretrained(weights)
+        model = from_pretrained(weights)
+    return model if precision is None else model.set_precision(check_precision(precision))
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
@@ -34,7 +42,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
     try:
         dataset = CocoDataset(args.ann, args.images)
-        model = load_weights(args.weights)
+        model = load_weights(args.weights, precision=args.precision)
         # Labels are matched to the dataset's category ids by name, whatever the model's layout.
         label_map = LabelMap.from_names(
             model.cfg.category_names,
@@ -62,7 +70,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     from maskrcnn.evaluation.predict import predict_folder
 
     try:
-        model = load_weights(args.weights)
+        model = load_weights(args.weights, precision=args.precision)
         predict_folder(
             model,
             args.images,
@@ -84,6 +92,7 @@ def add_eval_commands(subparsers: Any) -> None:
     ev.add_argument("--images", required=True, help="folder of the annotation file's images")
     ev.add_argument("--out", default=None, help="folder for results.json, metrics.json, table")
     ev.add_argument("--max-images", type=int, default=None, help="evaluate only the first N")
+    _add_precision(ev)
     ev.set_defaults(func=_cmd_eval)
 
     pr = subparsers.add_parser("predict", help="detect and segment instances in images")
@@ -93,4 +102,14 @@ def add_eval_commands(subparsers: Any) -> None:
     pr.add_argument("--score-thresh", type=float, default=0.5, help="minimum score drawn/kept")
     pr.add_argument("--batch-size", type=int, default=1, help="images per forward pass")
     pr.add_argument("--workers", type=int, default=2, help="image decoding processes")
+    _add_precision(pr)
     pr.set_defaults(func=_cmd_predict)
+
+
+def _add_precision(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default=None,
+        help="inference precision (default: the model's own, fp32 unless saved otherwise)",
+    )

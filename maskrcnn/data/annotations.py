@@ -2,7 +2,8 @@
 
 Shared by :class:`maskrcnn.data.coco.CocoDataset` (which raises on errors and drops what is
 degenerate) and :func:`maskrcnn.data.check.check_dataset` (which reports everything). Nothing
-here decodes an image; :func:`decode_mask` is the only function that rasterises anything.
+here decodes an image; :func:`decode_mask` is the only function that rasterises anything (and
+:func:`encode_binary_mask` its inverse).
 """
 
 from __future__ import annotations
@@ -271,6 +272,18 @@ def decode_mask(segm: list[list[float]] | dict[str, Any], height: int, width: in
             "ignore", message="__array__ implementation", category=DeprecationWarning
         )
         return mask_utils.decode(rle).astype(bool)
+
+
+def encode_binary_mask(mask: np.ndarray) -> dict[str, Any]:
+    """[H, W] boolean mask -> COCO compressed RLE (``size`` [H, W], ``counts`` str, as in JSON).
+
+    :func:`decode_mask` is its inverse.
+    """
+    if mask.ndim != 2:
+        raise ValueError(f"mask: expected a 2-D [H, W] array, got shape {mask.shape}")
+    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+    rle["counts"] = rle["counts"].decode("ascii")
+    return rle
 
 
 def _segmentation_well_formed(segm: Any) -> bool:

@@ -278,10 +278,6 @@ class CocoDataset(Dataset[Sample]):
             category_names=[self.categories.name(k) for k in labels],
         )
 
-    def image_info(self, index: int) -> dict[str, Any]:
-        """The annotation file's entry for image ``index`` (``id``, ``file_name``, ...)."""
-        return self._images[self.image_ids[self._check_index(index)]]
-
     def aspect_ratios(self) -> list[float]:
         """Width / height of each image, from the annotation file (nothing is decoded)."""
         return [self._images[i]["width"] / self._images[i]["height"] for i in self.image_ids]

@@ -22,7 +22,7 @@ import numpy as np
 from PIL import Image
 from pycocotools import mask as mask_utils
 
-from maskrcnn.data.annotations import decode_mask
+from maskrcnn.data.annotations import decode_mask, encode_binary_mask
 
 SHAPE_CATEGORIES: tuple[tuple[int, str], ...] = (
     (1, "circle"),
@@ -99,7 +99,7 @@ def _write_split(
         image_id = i + 1
         images.append({"id": image_id, "file_name": file_name, "width": w, "height": h})
         for shape, mask in zip(shapes, visible):
-            rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+            rle = encode_binary_mask(mask)
             annotations.append(
                 {
                     "id": len(annotations) + 1,
@@ -127,7 +127,7 @@ def _segmentation(
         return [[round(v, 2) for v in shape.polygon]]
     if rng.random() < 0.25:
         return {"size": list(visible.shape), "counts": _uncompressed_counts(visible)}
-    return {"size": list(visible.shape), "counts": rle["counts"].decode("ascii")}
+    return {"size": list(visible.shape), "counts": rle["counts"]}
 
 
 def _uncompressed_counts(mask: np.ndarray) -> list[int]:

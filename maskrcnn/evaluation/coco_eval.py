@@ -29,6 +29,7 @@ from tqdm import tqdm
 
 from maskrcnn.evaluation.results import LabelMap, detections_to_coco, resolve_label_map
 from maskrcnn.evaluation.source import EvalSource, open_source
+from maskrcnn.modeling.modes import eval_mode
 
 STAT_NAMES = (
     "AP",
@@ -134,22 +135,18 @@ def evaluate_shard(
     """Runs ``model.detect`` on the images at ``indices`` and encodes the detections.
 
     Args:
-        model: anything with ``detect(images, *, paste_masks)`` and ``cfg.mask_head``
-            (``paste``, ``threshold``); a :class:`~maskrcnn.modeling.MaskRCNN` is put in eval
-            mode for the run (and back to training mode after, if it was).
+        model: a module with ``detect(images, *, paste_masks)`` and ``cfg.mask_head``
+            (``paste``, ``threshold``), e.g. a :class:`~maskrcnn.modeling.MaskRCNN`; it runs in
+            eval mode and is put back in its mode after.
         source: the images and their ground truth (:func:`open_source`).
         indices: which of ``source``'s images to run.
         label_map: model label -> COCO category id.
         progress: show a progress bar.
     """
-    was_training = bool(getattr(model, "training", False))
-    if hasattr(model, "eval"):
-        model.eval()
-    params = getattr(model, "parameters", None)
-    device = next(iter(params()), torch.empty(0)).device if callable(params) else "cpu"
+    device = next(model.parameters(), torch.empty(0)).device
     mask_cfg = model.cfg.mask_head
     shard = ShardResult(image_ids=[], detections=[])
-    try:
+    with eval_mode(model):
         for index in tqdm(indices, desc="eval", disable=not progress, unit="img"):
             image, image_id = source.load(index)
             result = model.detect([image.to(device)], paste_masks=False)[0]
@@ -159,9 +156,6 @@ def evaluate_shard(
                     result, image_id, label_map, paste=mask_cfg.paste, threshold=mask_cfg.threshold
                 )
             )
-    finally:
-        if was_training:
-            model.train()
     return shard
 
 
@@ -232,8 +226,8 @@ def evaluate_coco(
     """COCO box and mask AP of ``model`` on a dataset.
 
     Args:
-        model: a :class:`~maskrcnn.modeling.MaskRCNN` (or any object with ``detect`` and
-            ``cfg``).
+        model: a :class:`~maskrcnn.modeling.MaskRCNN` (or any module with ``detect`` and
+            ``cfg``); run in eval mode, then put back in its mode.
         data: ``(ann_file, image_dir)`` or a dataset of samples (``image``, ``image_id``) with
             ``coco`` or ``ann_file`` (see :func:`open_source`).
         categories: how labels map to COCO ids: None (by the model's category names, else

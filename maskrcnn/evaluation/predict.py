@@ -19,8 +19,11 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from maskrcnn.data.annotations import encode_binary_mask
 from maskrcnn.data.io import load_image
-from maskrcnn.evaluation.results import encode_binary_mask, paste_function, paste_one
+from maskrcnn.evaluation.results import paste_one
+from maskrcnn.modeling.modes import eval_mode
+from maskrcnn.ops.paste import paste_function
 from maskrcnn.structures import Instances
 from maskrcnn.viz.draw import draw_instances
 
@@ -155,7 +158,8 @@ def predict_folder(
     """Detects instances in image files; writes overlays and ``predictions.json``.
 
     Args:
-        model: a :class:`~maskrcnn.modeling.MaskRCNN` (put in eval mode).
+        model: a :class:`~maskrcnn.modeling.MaskRCNN` (run in eval mode, then put back in its
+            mode).
         inputs: image files and/or folders of images.
         out_dir: receives ``<stem>.png`` overlays and ``predictions.json`` (one record per
             image: file, height, width, boxes xyxy, scores, labels, categories, masks as COCO
@@ -189,32 +193,28 @@ def predict_folder(
     overlays: list[Path] = []
     used: set[str] = set()
     start = time.perf_counter()
-    was_training = model.training
-    model.eval()
-    try:
-        with tqdm(total=len(paths), desc="predict", unit="img", disable=not progress) as bar:
-            for batch in loader:
-                for item in batch:
-                    if item.error is not None:
-                        named = str(item.path) in item.error
-                        raise ValueError(item.error if named else f"{item.path}: {item.error}")
-                results = model.detect([item.image.to(device) for item in batch], paste_masks=False)
-                for item, result in zip(batch, results):
-                    record, overlay = _record_and_overlay(
-                        item.image,
-                        item.path,
-                        result.to("cpu"),
-                        score_thresh=score_thresh,
-                        paste=mask_cfg.paste,
-                        thresh=mask_cfg.threshold,
-                    )
-                    target = out / f"{_unique_stem(item.path, used)}.png"
-                    overlay.save(target)
-                    records.append(record)
-                    overlays.append(target)
-                bar.update(len(batch))
-    finally:
-        model.train(was_training)
+    bar = tqdm(total=len(paths), desc="predict", unit="img", disable=not progress)
+    with eval_mode(model), bar:
+        for batch in loader:
+            for item in batch:
+                if item.error is not None:
+                    named = str(item.path) in item.error
+                    raise ValueError(item.error if named else f"{item.path}: {item.error}")
+            results = model.detect([item.image.to(device) for item in batch], paste_masks=False)
+            for item, result in zip(batch, results):
+                record, overlay = _record_and_overlay(
+                    item.image,
+                    item.path,
+                    result.to("cpu"),
+                    score_thresh=score_thresh,
+                    paste=mask_cfg.paste,
+                    thresh=mask_cfg.threshold,
+                )
+                target = out / f"{_unique_stem(item.path, used)}.png"
+                overlay.save(target)
+                records.append(record)
+                overlays.append(target)
+            bar.update(len(batch))
     json_path = out / "predictions.json"
     json_path.write_text(json.dumps(records) + "\n")
     seconds = time.perf_counter() - start

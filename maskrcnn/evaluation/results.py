@@ -12,55 +12,21 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-import warnings
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pycocotools.mask as mask_util
 from pycocotools.coco import COCO
 from torch import Tensor
 
-from maskrcnn.ops.paste import paste_masks_grid_sample, paste_masks_torchvision
+from maskrcnn.data.annotations import encode_binary_mask
+from maskrcnn.ops.paste import PasteFn, paste_function
 from maskrcnn.structures import Instances
 
 # Label names that stand for "no category" in our label layouts.
 PLACEHOLDER_NAMES = frozenset({"", "N/A", "__background__"})
-
-PasteFn = Callable[[Tensor, Tensor, tuple[int, int]], Tensor]
-
-
-def paste_function(method: str) -> PasteFn:
-    """The paste for ``cfg.mask_head.paste`` (``"grid_sample"`` or ``"torchvision"``)."""
-    if method == "grid_sample":
-        return paste_masks_grid_sample
-    if method == "torchvision":
-        return paste_masks_torchvision
-    raise ValueError(f"mask_head.paste: expected 'grid_sample' or 'torchvision', got {method!r}")
-
-
-def encode_binary_mask(mask: np.ndarray) -> dict[str, Any]:
-    """[H, W] boolean mask -> COCO compressed RLE (``size`` [H, W], ``counts`` str)."""
-    if mask.ndim != 2:
-        raise ValueError(f"mask: expected a 2-D [H, W] array, got shape {mask.shape}")
-    rle = mask_util.encode(np.asfortranarray(mask.astype(np.uint8)))
-    rle["counts"] = rle["counts"].decode("ascii")
-    return rle
-
-
-def decode_rle(rle: Mapping[str, Any]) -> np.ndarray:
-    """COCO RLE (counts str or bytes) -> [H, W] bool array."""
-    counts = rle["counts"]
-    if isinstance(counts, list):
-        h, w = rle["size"]
-        rle = mask_util.frPyObjects(dict(rle), h, w)
-    elif isinstance(counts, str):
-        rle = {"size": rle["size"], "counts": counts.encode("ascii")}
-    with warnings.catch_warnings():  # pycocotools' decode warns under numpy 2 (copy keyword)
-        warnings.simplefilter("ignore", DeprecationWarning)
-        return mask_util.decode(rle).astype(bool)
 
 
 def paste_one(

@@ -67,7 +67,7 @@ class BoxPredictor(nn.Module):
 
 @dataclass
 class Detections:
-    """Detections of one image in padded-input pixels (before masks)."""
+    """Detections of one image in the network frame (before masks)."""
 
     boxes: Tensor  # [D, 4] xyxy
     scores: Tensor  # [D]

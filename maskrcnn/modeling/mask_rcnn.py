@@ -1,9 +1,11 @@
 """Mask R-CNN: Faster R-CNN plus a mask branch, wired in one place.
 
-    images -> Preprocessor -> backbone (+FPN) -> RPN -> RoI heads (box, then mask) -> paste
+    images -> Preprocessor -> backbone (+FPN) -> RPN -> RoI heads (box, then mask) -> Postprocessor
 
-The training/inference split happens here, once: ``forward`` with targets in training mode
-returns losses; in eval mode it returns detections in torchvision's format.
+The training/inference split happens here, once: :meth:`MaskRCNN.losses` and
+:meth:`MaskRCNN.detect` call each stage's own training or inference method with the settings
+of that path; no stage looks at ``self.training``. ``forward`` is torchvision's boundary:
+losses in training mode with targets, detections in torchvision's dicts in eval mode.
 """
 
 from __future__ import annotations
@@ -13,30 +15,23 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from maskrcnn.config import ModelConfig
+from maskrcnn.config import ModelConfig, Precision
+from maskrcnn.modeling.modes import eval_mode
+from maskrcnn.modeling.postprocess import Postprocessor
 from maskrcnn.modeling.precision import autocast, resolve_precision
-from maskrcnn.modeling.preprocess import Preprocessor, to_input_frame
+from maskrcnn.modeling.preprocess import Preprocessor
 from maskrcnn.modeling.roi_heads import RoIHeads
 from maskrcnn.modeling.rpn import RPN
-from maskrcnn.structures import Instances
-
-
-def target_to_instances(target: dict[str, Tensor] | Instances, image: Tensor) -> Instances:
-    """A torchvision-style target dict (``boxes``, ``labels``, ``masks``) as Instances."""
-    if isinstance(target, Instances):
-        return target
-    missing = [k for k in ("boxes", "labels", "masks") if k not in target]
-    if missing:
-        raise ValueError(f"targets: missing field(s) {missing}")
-    size = (int(image.shape[-2]), int(image.shape[-1]))
-    masks = target["masks"]
-    if masks.shape[-2:] != size:
-        raise ValueError(f"targets: masks are {tuple(masks.shape[-2:])}, image is {size}")
-    return Instances(image_size=size, boxes=target["boxes"], labels=target["labels"], masks=masks)
+from maskrcnn.structures import Instances, as_instances
 
 
 class MaskRCNN(nn.Module):
-    """The whole model. Build it with :func:`maskrcnn.build_model`."""
+    """The whole model. Build it with :func:`maskrcnn.build_model`.
+
+    ``cfg`` is read at run time for the inference precision (``cfg.precision``), the mask paste
+    and threshold (``cfg.mask_head``) and the category names; change them by replacing it,
+    e.g. ``model.cfg = model.cfg.replace(precision="bf16")`` or :meth:`set_precision`.
+    """
 
     def __init__(
         self,
@@ -55,74 +50,76 @@ class MaskRCNN(nn.Module):
         self.backbone = backbone
         self.rpn = rpn
         self.roi_heads = roi_heads
+        self.postprocessor = Postprocessor()
         self.rpn_features = rpn_features
         self.roi_features = roi_features
-        # Inference precision: "fp32", or "bf16" autocast (falls back to fp32 where slow).
-        self.precision = "fp32"
 
-    def forward(self, images: list[Tensor], targets: list[dict[str, Tensor]] | None = None) -> Any:
+    def set_precision(self, precision: Precision) -> MaskRCNN:
+        """Sets the inference precision ``cfg.precision`` (fp32, bf16, fp16, auto); returns self."""
+        self.cfg = self.cfg.replace(precision=precision)
+        return self
+
+    def forward(
+        self, images: list[Tensor], targets: list[dict[str, Tensor] | Instances] | None = None
+    ) -> Any:
         """torchvision's API: losses (training, with targets) or one dict per image (eval).
 
         Args:
             images: [3, H_i, W_i] RGB floats in [0, 1].
             targets: training only; per image ``boxes`` [G, 4], ``labels`` [G], ``masks``
-                [G, H_i, W_i].
+                [G, H_i, W_i] (a dict, or Instances).
 
         Returns:
-            Training: a dict of scalar losses. Eval: per image ``boxes`` [N, 4] xyxy in input
-            pixels, ``labels`` [N] int64, ``scores`` [N] and ``masks`` [N, 1, H_i, W_i] in [0, 1].
+            Training: a dict of scalar losses. Eval: per image ``boxes`` [N, 4] xyxy in the
+            image frame, ``labels`` [N] int64, ``scores`` [N] and ``masks`` [N, 1, H_i, W_i]
+            probabilities.
         """
         if self.training:
             if targets is None:
                 raise ValueError("training mode needs targets (or call model.eval() first)")
-            return self.losses(
-                images, [target_to_instances(t, img) for t, img in zip(targets, images)]
-            )
+            sizes = [(int(img.shape[-2]), int(img.shape[-1])) for img in images]
+            return self.losses(images, [as_instances(t, s) for t, s in zip(targets, sizes)])
         return [r.to_dict() for r in self.detect(images)]
 
     def losses(self, images: list[Tensor], gt_instances: list[Instances]) -> dict[str, Tensor]:
         """Training losses of a batch.
 
         Images are used at the size they come in (the data pipeline resizes and flips them,
-        see ``maskrcnn.data.transforms``); they are normalised and padded here.
+        see ``maskrcnn.data.transforms``), so the ground truth is already in the network frame;
+        they are normalised and padded here.
 
         Returns:
             ``loss_objectness``, ``loss_rpn_box_reg``, ``loss_classifier``, ``loss_box_reg`` and
             ``loss_mask``, scalars whose sum is the Mask R-CNN loss.
         """
         batch = self.preprocessor(images, resize=False)
-        features = self.backbone(batch.tensor)
-        gt_boxes = [gt.boxes for gt in gt_instances]
-        proposals, rpn_losses = self.rpn(batch, [features[k] for k in self.rpn_features], gt_boxes)
-        _, roi_losses = self.roi_heads(
-            [features[k] for k in self.roi_features], proposals, batch.image_sizes, gt_instances
-        )
+        rpn_levels, roi_levels = self._levels(self.backbone(batch.tensor))
+        rpn_out = self.rpn(batch, rpn_levels, params=self.rpn.train_params)
+        rpn_losses = self.rpn.losses(rpn_out, [gt.boxes for gt in gt_instances])
+        roi_losses = self.roi_heads.losses(roi_levels, rpn_out.proposals, gt_instances)
         return {**rpn_losses, **roi_losses}
 
     def detect(self, images: list[Tensor], *, paste_masks: bool = True) -> list[Instances]:
-        """Detections per image, boxes in each image's own pixels.
+        """Detections per image, in the image frame (each image's own pixels).
+
+        Runs at ``cfg.precision`` (resolved for the device, see ``maskrcnn.modeling.precision``).
 
         Args:
             images: [3, H_i, W_i] RGB floats in [0, 1].
-            paste_masks: True: soft masks pasted into the image, [N, 1, H_i, W_i]. False: masks
-                left in the RoI frame, [N, 1, M, M] probabilities, so that a caller (e.g. an
-                evaluator) can paste and encode one detection at a time.
+            paste_masks: True: masks pasted into the image, [N, 1, H_i, W_i] probabilities.
+                False: masks left in the RoI frame, [N, 1, M, M] probabilities, so that a caller
+                (e.g. an evaluator) can paste and encode one detection at a time.
         """
-        original_sizes = [(int(img.shape[-2]), int(img.shape[-1])) for img in images]
+        image_sizes = [(int(img.shape[-2]), int(img.shape[-1])) for img in images]
         batch = self.preprocessor(images)
         device = batch.tensor.device
         pixels = batch.tensor.contiguous(memory_format=torch.channels_last)
-        with autocast(resolve_precision(self.precision, device), device):
-            features = self.backbone(pixels)
-            proposals, _ = self.rpn(batch, [features[k] for k in self.rpn_features])
-            results, _ = self.roi_heads(
-                [features[k] for k in self.roi_features], proposals, batch.image_sizes
-            )
+        with autocast(resolve_precision(self.cfg.precision, device), device):
+            rpn_levels, roi_levels = self._levels(self.backbone(pixels))
+            proposals = self.rpn(batch, rpn_levels, params=self.rpn.test_params).proposals
+            results = self.roi_heads.detect(roi_levels, proposals, batch.image_sizes)
         paste = self.cfg.mask_head.paste if paste_masks else None
-        return [
-            self._named(to_input_frame(r, size, paste=paste))
-            for r, size in zip(results, original_sizes)
-        ]
+        return [self._named(r) for r in self.postprocessor(results, image_sizes, paste=paste)]
 
     @torch.inference_mode()
     def predict(self, image: Any) -> Instances:
@@ -133,16 +130,16 @@ class MaskRCNN(nn.Module):
         """
         from maskrcnn.data.io import to_image_tensor
 
-        was_training = self.training
-        self.eval()
-        try:
+        with eval_mode(self):
             device = next(self.parameters()).device
             result = self.detect([to_image_tensor(image).to(device)])[0]
-        finally:
-            self.train(was_training)
         if result.masks is not None:
             result.masks = result.masks[:, 0] >= self.cfg.mask_head.threshold
         return result
+
+    def _levels(self, features: dict[str, Tensor]) -> tuple[list[Tensor], list[Tensor]]:
+        """The feature maps the RPN reads, and those the RoI heads pool from."""
+        return [features[k] for k in self.rpn_features], [features[k] for k in self.roi_features]
 
     def _named(self, result: Instances) -> Instances:
         names = self.cfg.category_names

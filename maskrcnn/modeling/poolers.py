@@ -30,7 +30,7 @@ def assign_levels(
     """FPN level index (0 = ``min_level``) of each box.
 
     Args:
-        boxes: [K, 4] xyxy in input pixels.
+        boxes: [K, 4] xyxy in the network frame.
 
     Returns:
         [K] int64 in [0, max_level - min_level].
@@ -77,7 +77,7 @@ class MultiLevelRoIPooler(nn.Module):
 
         Args:
             features: per level, [B, C, H_l, W_l] (finest first).
-            boxes: per image, [L_i, 4] xyxy in input pixels.
+            boxes: per image, [L_i, 4] xyxy in the network frame.
 
         Returns:
             [sum L_i, C, S, S], in the order of ``boxes``.

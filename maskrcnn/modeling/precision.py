@@ -1,6 +1,7 @@
 """Precision: one vocabulary and one resolver for training and inference.
 
-A precision setting is one of :data:`PRECISIONS`:
+A precision setting is one of :data:`PRECISIONS` (defined with :func:`check_precision` in
+:mod:`maskrcnn.config`, the lowest layer, so that ``ModelConfig.precision`` is checked there):
 
 * ``"fp32"``: full precision (no autocast).
 * ``"bf16"``: ``torch.autocast`` with bfloat16, on the CPU or CUDA.
@@ -24,9 +25,20 @@ from typing import Literal
 
 import torch
 
-Precision = Literal["fp32", "bf16", "fp16", "auto"]
+from maskrcnn.config import PRECISIONS, Precision, check_precision
+
+__all__ = [
+    "PRECISIONS",
+    "Precision",
+    "ResolvedPrecision",
+    "autocast",
+    "autocast_dtype",
+    "check_precision",
+    "cpu_has_fast_bf16",
+    "resolve_precision",
+]
+
 ResolvedPrecision = Literal["fp32", "bf16", "fp16"]
-PRECISIONS: tuple[Precision, ...] = ("fp32", "bf16", "fp16", "auto")
 
 _DTYPES: dict[str, torch.dtype] = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -36,13 +48,6 @@ def cpu_has_fast_bf16() -> bool:
     cpu = torch.cpu
     checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
     return any(bool(getattr(cpu, name, lambda: False)()) for name in checks)
-
-
-def check_precision(precision: object, *, where: str = "precision") -> Precision:
-    """``precision`` if it is one of :data:`PRECISIONS`; a ``ValueError`` naming ``where``."""
-    if precision not in PRECISIONS:
-        raise ValueError(f"{where}: must be one of {list(PRECISIONS)}, got {precision!r}")
-    return precision  # type: ignore[return-value]
 
 
 def resolve_precision(precision: str, device: torch.device) -> ResolvedPrecision:

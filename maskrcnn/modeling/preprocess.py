@@ -1,10 +1,10 @@
-"""Input side and output side of the model: normalise, resize, pad; and map results back.
+"""Input side of the model: from the image frame to the network frame.
 
-Images arrive as [3, H, W] RGB floats in [0, 1]. They are scaled (``pixel_scale``), put in the
-weights' channel order, normalised, resized so the short side is ``min_size`` (the long side
-at most ``max_size``; the same bilinear resize as torchvision), and padded into one batch.
-Detections come back in resized-image pixels and are mapped to each input's own size, where
-the masks are pasted.
+Images arrive as [3, H, W] RGB floats in [0, 1] (the image frame: the caller's pixels). They
+are scaled (``pixel_scale``), put in the weights' channel order, normalised, resized so the
+short side is ``min_size`` (the long side at most ``max_size``; the same bilinear resize as
+torchvision), and padded into one batch: the network frame, in which every stage up to the
+RoI heads works. :mod:`maskrcnn.modeling.postprocess` maps detections back.
 """
 
 from __future__ import annotations
@@ -14,9 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from maskrcnn.config import InputConfig
-from maskrcnn.ops.boxes import scale_boxes
-from maskrcnn.ops.paste import paste_masks_grid_sample, paste_masks_torchvision
-from maskrcnn.structures import ImageList, Instances
+from maskrcnn.structures import ImageList
 
 
 def resize_image(image: Tensor, min_size: int, max_size: int) -> Tensor:
@@ -37,7 +35,7 @@ def resize_image(image: Tensor, min_size: int, max_size: int) -> Tensor:
 
 
 class Preprocessor(nn.Module):
-    """Normalises, resizes and batches images."""
+    """Normalises, resizes and batches images: image frame -> network frame."""
 
     def __init__(self, *, cfg: InputConfig) -> None:
         super().__init__()
@@ -74,26 +72,3 @@ class Preprocessor(nn.Module):
             image = self.normalize(image)
             prepared.append(resize_image(image, min_size, self.cfg.max_size) if resize else image)
         return ImageList.from_tensors(prepared, size_divisibility=self.cfg.size_divisibility)
-
-
-def to_input_frame(
-    result: Instances, original_size: tuple[int, int], *, paste: str | None
-) -> Instances:
-    """Maps one image's detections from resized-input pixels to its original size.
-
-    Boxes are rescaled; RoI-frame masks ([D, 1, M, M]) are pasted into [D, 1, H, W] with the
-    ``paste`` method ("torchvision" or "grid_sample"), or left in the RoI frame when None.
-    """
-    boxes = scale_boxes(result.boxes, result.image_size, original_size)
-    masks = result.masks
-    if masks is not None and paste is not None:
-        paste_fn = paste_masks_torchvision if paste == "torchvision" else paste_masks_grid_sample
-        masks = paste_fn(masks, boxes, original_size)
-    return Instances(
-        image_size=original_size,
-        boxes=boxes,
-        labels=result.labels,
-        scores=result.scores,
-        masks=masks,
-        category_names=result.category_names,
-    )

@@ -1,8 +1,9 @@
 """RoI heads: the box branch and the mask branch on pooled RoI features.
 
-Inference: pool each proposal, run the box head, turn scores and deltas into detections,
-then pool each detection and run the mask branch on it (the paper's test-time order: masks
-only for the final, at most 100, boxes). For the C4 design a shared head (res5) runs on the
+Two entry points, no mode switch: ``detect`` (inference) and ``losses`` (training).
+Inference: pool each proposal, run the box head, turn scores and deltas into detections, then
+pool each detection and run the mask branch on it (the paper's test-time order: masks only for
+the final, at most 100, boxes). For the C4 design a shared head (res5) runs on the
 pooled features of both branches.
 """
 
@@ -33,7 +34,7 @@ class GlobalAvgPool(nn.Module):
 
 
 class RoIHeads(nn.Module):
-    """Box and mask branches.
+    """Box and mask branches: :meth:`detect` at inference, :meth:`losses` while training.
 
     Args (keyword-only):
         box_pooler / mask_pooler: multi-level RoI pooling for each branch.
@@ -69,27 +70,22 @@ class RoIHeads(nn.Module):
     def _shared(self, x: Tensor) -> Tensor:
         return x if self.shared_head is None else self.shared_head(x)
 
-    def forward(
-        self,
-        features: list[Tensor],
-        proposals: list[Tensor],
-        image_sizes: list[tuple[int, int]],
-        gt_instances: list[Instances] | None = None,
-    ) -> tuple[list[Instances], dict[str, Tensor]]:
-        """Detections with RoI-frame mask probabilities, and the losses with ground truth.
+    def detect(
+        self, features: list[Tensor], proposals: list[Tensor], image_sizes: list[tuple[int, int]]
+    ) -> list[Instances]:
+        """Detections, with the predicted class's mask probabilities in the RoI frame.
 
         Args:
             features: per level, [B, C, H_l, W_l].
-            proposals: per image, [P_i, 4] xyxy in padded-input pixels.
-            image_sizes: (h, w) of each image (before padding), for clipping.
-            gt_instances: per image ground truth (training only).
+            proposals: per image, [P_i, 4] xyxy in the network frame.
+            image_sizes: (h, w) of each image in the network frame (before padding), for
+                clipping.
 
         Returns:
-            Per image, Instances with ``boxes`` [D, 4] in input pixels, ``scores``, ``labels``
-            and ``masks`` [D, 1, 2S, 2S] probabilities of the predicted class in the box frame.
+            Per image, Instances in the network frame (``image_size`` from ``image_sizes``)
+            with ``boxes`` [D, 4], ``scores``, ``labels`` and ``masks`` [D, 1, M, M]: the
+            predicted class's probabilities in the RoI frame (M = 28 for the paper's heads).
         """
-        if gt_instances is not None:
-            return [], self.losses(features, proposals, gt_instances)
         box_features = self._shared(self.box_pooler(features, proposals))
         class_logits, box_deltas = self.box_predictor(self.box_head(box_features))
         detections = detect_boxes(
@@ -108,16 +104,24 @@ class RoIHeads(nn.Module):
             size = pooled if self.shared_head is not None else 2 * pooled
             mask_probs = features[0].new_zeros((0, 1, size, size))
         per_image = mask_probs.split([len(b) for b in detected_boxes])
-        results = [
+        return [
             Instances(image_size=size, boxes=d.boxes, labels=d.labels, scores=d.scores, masks=m)
             for d, m, size in zip(detections, per_image, image_sizes)
         ]
-        return results, {}
 
     def losses(
         self, features: list[Tensor], proposals: list[Tensor], gt_instances: list[Instances]
     ) -> dict[str, Tensor]:
-        """Samples RoIs against the ground truth and scores the box and mask branches."""
+        """Samples RoIs against the ground truth and scores the box and mask branches.
+
+        Args:
+            features: per level, [B, C, H_l, W_l].
+            proposals: per image, [P_i, 4] xyxy in the network frame (the RPN's).
+            gt_instances: per image, ground truth in the network frame, masks [G, H, W].
+
+        Returns:
+            ``loss_classifier``, ``loss_box_reg`` and ``loss_mask``.
+        """
         box_cfg = self.box_cfg
         targets = [
             label_proposals(

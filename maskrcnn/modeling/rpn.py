@@ -65,7 +65,7 @@ def flatten_deltas(deltas: Tensor) -> Tensor:
 
 @dataclass(frozen=True)
 class ProposalParams:
-    """The proposal-selection settings in force (training or inference)."""
+    """Proposal-selection settings (:attr:`RPN.train_params` or :attr:`RPN.test_params`)."""
 
     pre_nms_topk: int
     post_nms_topk: int
@@ -125,8 +125,30 @@ def select_proposals(
     return proposals, proposal_scores
 
 
+@dataclass
+class RPNOutput:
+    """What the RPN computed for a batch: its proposals and, for the losses, every anchor's
+    prediction (fp32, whatever precision the convolutions ran at).
+
+    Attributes:
+        proposals: per image, [P_i, 4] xyxy in the network frame, best first.
+        anchors: per level, [M_l, 4] xyxy (shared by the batch).
+        objectness: per level, [B, M_l] logits, location-major like the anchors.
+        deltas: per level, [B, M_l, 4] box deltas.
+    """
+
+    proposals: list[Tensor]
+    anchors: list[Tensor]
+    objectness: list[Tensor]
+    deltas: list[Tensor]
+
+
 class RPN(nn.Module):
-    """Anchors + head + proposal selection. Losses are filled in by the training path."""
+    """Anchors + head + proposal selection; :meth:`losses` scores the same predictions.
+
+    The caller chooses the proposal settings: :attr:`train_params` while training,
+    :attr:`test_params` at inference.
+    """
 
     def __init__(self, *, cfg: RPNConfig, anchor_generator: AnchorGenerator, head: RPNHead):
         super().__init__()
@@ -134,11 +156,21 @@ class RPN(nn.Module):
         self.anchor_generator = anchor_generator
         self.head = head
 
-    def proposal_params(self) -> ProposalParams:
+    @property
+    def train_params(self) -> ProposalParams:
+        """Proposal selection while training (``*_topk_train``)."""
+        return self._params(self.cfg.pre_nms_topk_train, self.cfg.post_nms_topk_train)
+
+    @property
+    def test_params(self) -> ProposalParams:
+        """Proposal selection at inference (``*_topk_test``)."""
+        return self._params(self.cfg.pre_nms_topk_test, self.cfg.post_nms_topk_test)
+
+    def _params(self, pre_nms_topk: int, post_nms_topk: int) -> ProposalParams:
         cfg = self.cfg
         return ProposalParams(
-            pre_nms_topk=cfg.pre_nms_topk_train if self.training else cfg.pre_nms_topk_test,
-            post_nms_topk=cfg.post_nms_topk_train if self.training else cfg.post_nms_topk_test,
+            pre_nms_topk=pre_nms_topk,
+            post_nms_topk=post_nms_topk,
             nms_thresh=cfg.nms_thresh,
             min_size=cfg.min_size,
             score_thresh=cfg.score_thresh,
@@ -146,41 +178,35 @@ class RPN(nn.Module):
         )
 
     def forward(
-        self, images: ImageList, features: list[Tensor], gt_boxes: list[Tensor] | None = None
-    ) -> tuple[list[Tensor], dict[str, Tensor]]:
-        """Proposals for each image, and the RPN losses when ground truth is given.
+        self, images: ImageList, features: list[Tensor], *, params: ProposalParams
+    ) -> RPNOutput:
+        """Proposals for each image (and the predictions they came from).
 
         Args:
             images: the padded batch (its sizes clip the proposals).
             features: per level, [B, C, H_l, W_l].
-            gt_boxes: per image, [G, 4] xyxy ground-truth boxes (training only).
-
-        Returns:
-            Per image, proposals [P, 4] xyxy in padded-input pixels, best first; and a dict of
-            losses (empty without ground truth).
+            params: :attr:`train_params` or :attr:`test_params` (or your own).
         """
         objectness_maps, delta_maps = self.head(features)
         anchors = self.anchor_generator(images.padded_size, features)
         # fp32 from here on, whatever precision the convolutions ran at.
         objectness = [flatten_objectness(o).float() for o in objectness_maps]
         deltas = [flatten_deltas(d).float() for d in delta_maps]
-        proposals, _ = select_proposals(
-            anchors, objectness, deltas, images.image_sizes, self.proposal_params()
-        )
-        losses: dict[str, Tensor] = {}
-        if gt_boxes is not None:
-            losses = self.losses(torch.cat(anchors), objectness, deltas, gt_boxes)
-        return proposals, losses
+        proposals, _ = select_proposals(anchors, objectness, deltas, images.image_sizes, params)
+        return RPNOutput(proposals=proposals, anchors=anchors, objectness=objectness, deltas=deltas)
 
-    def losses(
-        self,
-        anchors: Tensor,
-        objectness: list[Tensor],
-        deltas: list[Tensor],
-        gt_boxes: list[Tensor],
-    ) -> dict[str, Tensor]:
-        """Matches anchors ([M, 4], all levels) to ground truth, samples them, scores them."""
+    def losses(self, output: RPNOutput, gt_boxes: list[Tensor]) -> dict[str, Tensor]:
+        """Matches anchors to ground truth, samples them, and scores their predictions.
+
+        Args:
+            output: :meth:`forward`'s result for the batch.
+            gt_boxes: per image, [G_i, 4] xyxy ground-truth boxes in the network frame.
+
+        Returns:
+            ``loss_objectness`` and ``loss_rpn_box_reg``.
+        """
         cfg = self.cfg
+        anchors = torch.cat(output.anchors)  # [M, 4]
         num_anchors = anchors.shape[0]
         labels, targets, positives, negatives = [], [], [], []
         for i, boxes in enumerate(gt_boxes):
@@ -196,10 +222,11 @@ class RPN(nn.Module):
             targets.append(encode_boxes(matched, anchors, cfg.box_coder_weights))
             positives.append(pos + i * num_anchors)
             negatives.append(neg + i * num_anchors)
+        objectness = torch.cat(output.objectness, dim=1).reshape(-1)
         return rpn_losses(
-            torch.cat(objectness, dim=1).reshape(-1),
-            torch.cat(deltas, dim=1).reshape(-1, 4),
-            torch.cat(labels),
+            objectness,
+            torch.cat(output.deltas, dim=1).reshape(-1, 4),
+            torch.cat(labels).to(objectness.dtype),
             torch.cat(targets),
             torch.cat(positives),
             torch.cat(negatives),

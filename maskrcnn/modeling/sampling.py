@@ -1,10 +1,11 @@
 """Training targets: match predictions to ground truth, then sample a balanced minibatch.
 
 Pure functions. ``match_boxes`` assigns each anchor or proposal the ground-truth box it
-overlaps most, or marks it background / ignored by IoU thresholds; ``sample_balanced`` picks
-at most ``batch_size`` of them with at most ``positive_fraction`` foreground. The RPN uses
-0.7 / 0.3 with low-quality matches kept (so every ground-truth box gets an anchor); the RoI
-heads use 0.5 / 0.5 after appending the ground-truth boxes to the proposals.
+overlaps most and labels it foreground, background or ignored by IoU thresholds
+(:class:`Matches`); ``sample_balanced`` picks at most ``batch_size`` of them with at most
+``positive_fraction`` foreground. The RPN uses 0.7 / 0.3 with low-quality matches kept (so
+every ground-truth box gets an anchor); the RoI heads use 0.5 / 0.5 after appending the
+ground-truth boxes to the proposals.
 """
 
 from __future__ import annotations
@@ -17,32 +18,62 @@ from torchvision.ops import box_iou
 
 from maskrcnn.ops.boxes import encode_boxes
 
-BACKGROUND = -1  # match index of a prediction below the low threshold
-IGNORED = -2  # match index of a prediction between the thresholds
+# Match labels. The values double as the RPN's objectness targets (1 object, 0 background)
+# and "ignored" (-1) is never sampled.
+FOREGROUND = 1  # IoU at or above the high threshold (or a kept low-quality match)
+BACKGROUND = 0  # IoU below the low threshold (or no ground truth at all)
+IGNORED = -1  # IoU between the thresholds
 
 
-def match_boxes(iou: Tensor, *, high: float, low: float, allow_low_quality: bool) -> Tensor:
+@dataclass(frozen=True)
+class Matches:
+    """Which ground-truth box each prediction matches, and how well.
+
+    Attributes:
+        indices: [N] int64 index of the matched ground-truth box; meaningful only where
+            ``labels == FOREGROUND`` (0 elsewhere).
+        labels: [N] int8 ``FOREGROUND``, ``BACKGROUND`` or ``IGNORED``.
+    """
+
+    indices: Tensor
+    labels: Tensor
+
+    @property
+    def foreground(self) -> Tensor:
+        """[N] bool: where a prediction is matched."""
+        return self.labels == FOREGROUND
+
+
+def match_boxes(iou: Tensor, *, high: float, low: float, allow_low_quality: bool) -> Matches:
     """Matches predictions (columns) to ground truth (rows).
 
     Args:
-        iou: [G, N] IoU of each ground-truth box with each prediction (G >= 1).
+        iou: [G, N] IoU of each ground-truth box with each prediction (G may be 0: then
+            everything is background).
         high: IoU at or above which a prediction is foreground.
-        low: IoU below which a prediction is background.
-        allow_low_quality: also keep, for each ground-truth box, the predictions that overlap
-            it best (even below ``high``), matched to their own best ground truth.
+        low: IoU below which a prediction is background (in between: ignored).
+        allow_low_quality: also make foreground, for each ground-truth box, the predictions
+            that overlap it best (even below ``high``; every one of a tie), matched to their
+            own best ground truth.
 
     Returns:
-        [N] int64: the matched ground-truth index, ``BACKGROUND`` or ``IGNORED``.
+        The :class:`Matches` of the N predictions.
     """
-    best_iou, matches = iou.max(dim=0)  # [N]
-    original = matches.clone() if allow_low_quality else None
-    matches[best_iou < low] = BACKGROUND
-    matches[(best_iou >= low) & (best_iou < high)] = IGNORED
-    if original is not None:
+    num_gt, num_predictions = iou.shape
+    if num_gt == 0:
+        indices = torch.zeros(num_predictions, dtype=torch.int64, device=iou.device)
+        labels = torch.full((num_predictions,), BACKGROUND, dtype=torch.int8, device=iou.device)
+        return Matches(indices=indices, labels=labels)
+    best_iou, indices = iou.max(dim=0)  # [N]
+    labels = torch.full((num_predictions,), FOREGROUND, dtype=torch.int8, device=iou.device)
+    labels[best_iou < low] = BACKGROUND
+    labels[(best_iou >= low) & (best_iou < high)] = IGNORED
+    if allow_low_quality:
         best_per_gt = iou.max(dim=1).values  # [G]
         _, keep = torch.where(iou == best_per_gt[:, None])
-        matches[keep] = original[keep]
-    return matches
+        labels[keep] = FOREGROUND
+    indices = torch.where(labels == FOREGROUND, indices, 0)
+    return Matches(indices=indices, labels=labels)
 
 
 def sample_balanced(
@@ -51,13 +82,13 @@ def sample_balanced(
     """Random foreground and background indices for one image.
 
     Args:
-        labels: [N] int64; >= 1 foreground, 0 background, -1 ignored.
+        labels: [N] match labels (``FOREGROUND``, ``BACKGROUND``, ``IGNORED``), any dtype.
 
     Returns:
         (foreground indices, background indices), at most ``batch_size`` in all.
     """
-    positive = torch.where(labels >= 1)[0]
-    negative = torch.where(labels == 0)[0]
+    positive = torch.where(labels == FOREGROUND)[0]
+    negative = torch.where(labels == BACKGROUND)[0]
     num_pos = min(positive.numel(), int(batch_size * positive_fraction))
     num_neg = min(negative.numel(), batch_size - num_pos)
     pos_pick = torch.randperm(positive.numel(), device=positive.device)[:num_pos]
@@ -75,17 +106,14 @@ def label_anchors(
         gt_boxes: [G, 4] xyxy (G may be 0).
 
     Returns:
-        labels [M] float (1 object, 0 background, -1 ignored) and the matched ground-truth
-        boxes [M, 4] (zeros where there is none).
+        Match labels [M] int8 (``FOREGROUND``, ``BACKGROUND``, ``IGNORED``) and the matched
+        ground-truth boxes [M, 4] (the first box where a label is not foreground; zeros
+        without ground truth).
     """
-    if gt_boxes.numel() == 0:
-        return anchors.new_zeros(anchors.shape[0]), torch.zeros_like(anchors)
     matches = match_boxes(box_iou(gt_boxes, anchors), high=high, low=low, allow_low_quality=True)
-    matched_boxes = gt_boxes[matches.clamp(min=0)]
-    labels = (matches >= 0).to(anchors.dtype)
-    labels[matches == BACKGROUND] = 0.0
-    labels[matches == IGNORED] = -1.0
-    return labels, matched_boxes
+    if gt_boxes.numel() == 0:
+        return matches.labels, torch.zeros_like(anchors)
+    return matches.labels, gt_boxes[matches.indices]
 
 
 @dataclass
@@ -103,10 +131,6 @@ class RoITargets:
     labels: Tensor
     regression_targets: Tensor
     matched_gt: Tensor
-
-    @property
-    def num_foreground(self) -> int:
-        return int((self.labels > 0).sum())
 
 
 def label_proposals(
@@ -127,29 +151,21 @@ def label_proposals(
         gt_boxes: [G, 4] xyxy; gt_labels: [G] int64 >= 1.
     """
     proposals = torch.cat([proposals, gt_boxes.to(proposals.dtype)])
-    if gt_boxes.numel() == 0:
-        matches = torch.full((proposals.shape[0],), BACKGROUND, dtype=torch.int64)
-        matches = matches.to(proposals.device)
-    else:
-        iou = box_iou(gt_boxes, proposals)
-        matches = match_boxes(iou, high=fg_iou, low=bg_iou, allow_low_quality=False)
-    matched_gt = matches.clamp(min=0)
-    if gt_labels.numel() > 0:
-        labels = gt_labels[matched_gt].to(torch.int64)
-    else:
-        labels = torch.zeros_like(matches)
-    labels[matches == BACKGROUND] = 0
-    labels[matches == IGNORED] = -1
-    fg, bg = sample_balanced(labels, batch_size=batch_size, positive_fraction=positive_fraction)
+    matches = match_boxes(
+        box_iou(gt_boxes, proposals), high=fg_iou, low=bg_iou, allow_low_quality=False
+    )
+    fg, bg = sample_balanced(
+        matches.labels, batch_size=batch_size, positive_fraction=positive_fraction
+    )
     keep = torch.cat([fg, bg])
     sampled = proposals[keep]
+    matched_gt = matches.indices[keep]
+    labels = torch.zeros_like(matched_gt)
+    labels[: fg.numel()] = gt_labels[matched_gt[: fg.numel()]].to(torch.int64)
     if gt_boxes.numel() == 0:
         targets = torch.zeros_like(sampled)
     else:
-        targets = encode_boxes(gt_boxes[matched_gt[keep]], sampled, box_coder_weights)
+        targets = encode_boxes(gt_boxes[matched_gt], sampled, box_coder_weights)
     return RoITargets(
-        proposals=sampled,
-        labels=labels[keep],
-        regression_targets=targets,
-        matched_gt=matched_gt[keep],
+        proposals=sampled, labels=labels, regression_targets=targets, matched_gt=matched_gt
     )

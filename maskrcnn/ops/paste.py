@@ -12,10 +12,13 @@ the image, so the cost follows the boxes' areas, not N x H x W.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+PasteFn = Callable[[Tensor, Tensor, tuple[int, int]], Tensor]
 
 
 def _check(masks: Tensor, boxes: Tensor) -> None:
@@ -101,3 +104,12 @@ def paste_masks_torchvision(
             continue
         out[i, 0, top:bottom, left:right] = resized[top - y0 : bottom - y0, left - x0 : right - x0]
     return out
+
+
+def paste_function(method: str) -> PasteFn:
+    """The paste named by ``cfg.mask_head.paste`` (``"grid_sample"`` or ``"torchvision"``)."""
+    if method == "grid_sample":
+        return paste_masks_grid_sample
+    if method == "torchvision":
+        return paste_masks_torchvision
+    raise ValueError(f"mask_head.paste: expected 'grid_sample' or 'torchvision', got {method!r}")

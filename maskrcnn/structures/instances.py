@@ -12,12 +12,25 @@ from torch import Tensor
 class Instances:
     """Instances of one image.
 
+    Two frames of pixels: the *image frame* (the caller's image, as given) and the *network
+    frame* (the resized, padded input the network sees; ``ImageList.image_sizes``). Ground truth
+    in training and everything inside the model are in the network frame; what the model
+    returns is in the image frame.
+
     Attributes:
-        image_size: (h, w) of the image the boxes and masks refer to.
-        boxes: [N, 4] xyxy in pixels.
+        image_size: (h, w) of the frame the boxes (and image-sized masks) are in.
+        boxes: [N, 4] xyxy in pixels of that frame.
         labels: [N] int64 class labels (0 is background, never a detection).
         scores: [N] confidence in [0, 1], or None for ground truth.
-        masks: [N, H, W] bool image-sized masks, [N, 1, H, W] soft masks, or None.
+        masks: None, or one of three forms (ground truth: boolean/uint8 [N, H, W]):
+
+            * [N, 1, M, M] float probabilities in the RoI frame (each box's own window, M =
+              28 for the paper's heads): from ``RoIHeads.detect``, and from
+              ``MaskRCNN.detect(paste_masks=False)`` (boxes already in the image frame).
+            * [N, 1, H, W] float probabilities pasted into the image frame: from
+              ``MaskRCNN.detect`` (the default) and ``model(images)`` in eval mode.
+            * [N, H, W] bool, the probabilities thresholded at ``cfg.mask_head.threshold``:
+              from ``MaskRCNN.predict``.
         category_names: name of each instance's class ("" where unknown).
     """
 
@@ -64,3 +77,21 @@ class Instances:
         if self.masks is not None:
             out["masks"] = self.masks
         return out
+
+
+def as_instances(target: dict[str, Tensor] | Instances, image_size: tuple[int, int]) -> Instances:
+    """A torchvision-style target dict (``boxes``, ``labels``, ``masks``) as Instances.
+
+    Instances are returned as they are. ``masks`` [G, H, W] must have the image's size.
+    """
+    if isinstance(target, Instances):
+        return target
+    missing = [k for k in ("boxes", "labels", "masks") if k not in target]
+    if missing:
+        raise ValueError(f"targets: missing field(s) {missing}")
+    masks = target["masks"]
+    if tuple(masks.shape[-2:]) != tuple(image_size):
+        raise ValueError(f"targets: masks are {tuple(masks.shape[-2:])}, image is {image_size}")
+    return Instances(
+        image_size=image_size, boxes=target["boxes"], labels=target["labels"], masks=masks
+    )

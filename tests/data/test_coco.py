@@ -8,10 +8,10 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
 from maskrcnn.data import coco as coco_module
+from maskrcnn.data.annotations import encode_binary_mask
 from maskrcnn.data.coco import BadImageError, CategoryMap, CocoDataset, DatasetError
 
 
@@ -34,23 +34,18 @@ def box_ann(ann_id: int, image_id: int, bbox: list[float], **extra: Any) -> dict
     return ann
 
 
-def rle_of(mask: np.ndarray) -> dict[str, Any]:
-    return mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
-
-
 @pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
 def test_masks_equal_pycocotools_decoding(make_coco, capsys):
     blob = np.zeros((20, 30), dtype=bool)
     blob[3:9, 10:25] = True
     blob[12:15, 2:4] = True
-    compressed = rle_of(blob)
+    compressed = encode_binary_mask(blob)  # counts as str, as stored in JSON
     uncompressed = {"size": [20, 30], "counts": [21, 5, 14, 6, 554]}  # column-major runs
     anns = [
         box_ann(1, 1, [1, 1, 8, 8], segmentation=[[1, 1, 9, 2, 4, 9], [12, 12, 20, 12, 16, 18.5]]),
         box_ann(2, 1, [2, 3, 23, 12], category_id=3, segmentation=dict(compressed)),
         box_ann(3, 1, [0, 0, 2, 20], category_id=11, segmentation=uncompressed),
     ]
-    anns[1]["segmentation"]["counts"] = compressed["counts"].decode()  # as stored in JSON
     ann_file, image_dir = make_coco([image_entry(1)], anns)
     gt = CocoDataset(ann_file, image_dir).targets(0)
     reference = COCO(str(ann_file))
@@ -148,6 +143,9 @@ def test_missing_files_and_unknown_categories_named_before_decoding(make_coco, m
     assert "img8.png" not in message  # only the first few are listed
 
 
+TALL = np.ones((30, 20), dtype=bool)  # a mask of the wrong size for a 20x30 image
+
+
 @pytest.mark.parametrize(
     ("change", "expected"),
     [
@@ -156,7 +154,11 @@ def test_missing_files_and_unknown_categories_named_before_decoding(make_coco, m
         ({"annotations": [{**box_ann(1, 1, [1, 1, 5, 5]), "bbox": [1, 1, 5]}]}, "bbox must be 4"),
         ({"annotations": [box_ann(1, 1, [1, 1, 5, 5], segmentation="x")]}, "bad_segmentation"),
         (
-            {"annotations": [box_ann(1, 1, [1, 1, 5, 5], segmentation=rle_of(np.ones((30, 20))))]},
+            {
+                "annotations": [
+                    box_ann(1, 1, [1, 1, 5, 5], segmentation=encode_binary_mask(np.ones((30, 20))))
+                ]
+            },
             r"RLE size \[30, 20\] but image is \[20, 30\]",
         ),
         ({"images": [{"id": 1, "file_name": "img1.png"}]}, r"images\[0\].*no \['width'"),
@@ -165,10 +167,6 @@ def test_missing_files_and_unknown_categories_named_before_decoding(make_coco, m
     ],
 )
 def test_malformed_entries_are_named(make_coco, change, expected):
-    for ann in change.get("annotations", []):
-        segm = ann.get("segmentation")
-        if isinstance(segm, dict) and isinstance(segm.get("counts"), bytes):
-            segm["counts"] = segm["counts"].decode()
     ann_file, image_dir = make_coco(
         change.get("images", [image_entry(1)]), change.get("annotations", [])
     )

@@ -11,8 +11,8 @@ from PIL import Image
 from tiny_coco import LAYOUT
 
 from maskrcnn.cli.evaluate import add_eval_commands
+from maskrcnn.data.annotations import decode_mask
 from maskrcnn.evaluation.predict import list_images, predict_folder
-from maskrcnn.evaluation.results import decode_rle
 from maskrcnn.weights.native import save_model
 
 
@@ -34,7 +34,7 @@ def test_predict_folder_writes_overlays_and_json(tiny_model, tiny_coco, tmp_path
         assert all(s >= 0.3 for s in record["scores"])
         assert set(record["categories"]) <= {"square", "bar"}
         for rle in record["masks"]:
-            assert decode_rle(rle).shape == (h, w)
+            assert decode_mask(rle, h, w).shape == (h, w)
         with Image.open(overlay) as png:
             assert png.size == (w, h) and overlay.parent == out
 
@@ -67,3 +67,20 @@ def test_predict_command(tiny_model, tiny_coco, tmp_path):
     )
     with pytest.raises(SystemExit, match="none"):
         args.func(args)
+
+
+def test_precision_option_sets_the_models_precision(tiny_model, tmp_path):
+    from maskrcnn.cli.evaluate import load_weights
+
+    weights = save_model(tiny_model, tmp_path / "model.safetensors")
+    assert load_weights(str(weights)).cfg.precision == "fp32"
+    assert load_weights(str(weights), precision="auto").cfg.precision == "auto"
+    parser = argparse.ArgumentParser()
+    add_eval_commands(parser.add_subparsers(dest="command"))
+    base = ["--weights", str(weights)]
+    args = parser.parse_args(["predict", "x.png", *base, "--out", "o", "--precision", "bf16"])
+    assert args.precision == "bf16"
+    args = parser.parse_args(["eval", *base, "--ann", "a", "--images", "i"])
+    assert args.precision is None
+    with pytest.raises(SystemExit):
+        parser.parse_args(["eval", *base, "--ann", "a", "--images", "i", "--precision", "half"])

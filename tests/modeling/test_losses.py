@@ -15,7 +15,6 @@ from torchvision.models.detection.roi_heads import fastrcnn_loss, maskrcnn_loss
 from maskrcnn import from_torchvision
 from maskrcnn.modeling.losses import fast_rcnn_losses, mask_loss, smooth_l1
 from maskrcnn.modeling.randomize import randomize_
-from maskrcnn.modeling.sampling import match_boxes, sample_balanced
 from maskrcnn.ops import roi_align
 from maskrcnn.structures import ImageList, Instances
 
@@ -69,19 +68,6 @@ def test_smooth_l1_beta_zero_is_l1():
     assert smooth_l1(a, b, 0.0).item() == pytest.approx(3.05)
 
 
-def test_matcher_low_quality_and_sampler():
-    iou = torch.tensor([[0.9, 0.5, 0.2, 0.1], [0.1, 0.2, 0.25, 0.05]])
-    plain = match_boxes(iou, high=0.7, low=0.3, allow_low_quality=False)
-    assert plain.tolist() == [0, -2, -1, -1]
-    kept = match_boxes(iou, high=0.7, low=0.3, allow_low_quality=True)
-    assert kept.tolist() == [0, -2, 1, -1]  # column 2 is gt 1's best anchor
-    labels = torch.tensor([1] * 10 + [0] * 100 + [-1] * 5)
-    torch.manual_seed(0)
-    fg, bg = sample_balanced(labels, batch_size=16, positive_fraction=0.25)
-    assert len(fg) == 4 and len(bg) == 12
-    assert (labels[fg] == 1).all() and (labels[bg] == 0).all()
-
-
 @pytest.fixture(scope="module")
 def training_pair():
     torch.manual_seed(0)
@@ -118,11 +104,13 @@ def test_rpn_training_losses_match_torchvision(training_pair):
         torch.manual_seed(42)
         ref_props, ref_losses = reference.rpn(tv_list, features, targets)
         torch.manual_seed(42)
-        props, losses = ours.rpn(
+        rpn_out = ours.rpn(
             ImageList(batch.tensor, batch.image_sizes),
             list(features.values()),
-            [t["boxes"] for t in targets],
+            params=ours.rpn.train_params,
         )
+        props = rpn_out.proposals
+        losses = ours.rpn.losses(rpn_out, [t["boxes"] for t in targets])
     assert set(losses) == set(ref_losses)
     for name, value in ref_losses.items():
         torch.testing.assert_close(losses[name], value, rtol=1e-5, atol=1e-6)
@@ -151,7 +139,7 @@ def test_roi_head_training_losses_match_torchvision(training_pair):
             for s, t in zip(batch.image_sizes, targets)
         ]
         torch.manual_seed(7)
-        _, losses = ours.roi_heads(level_maps, proposals, batch.image_sizes, gt)
+        losses = ours.roi_heads.losses(level_maps, proposals, gt)
     assert set(losses) == set(ref_losses)
     for name, value in ref_losses.items():
         torch.testing.assert_close(losses[name], value, rtol=1e-4, atol=1e-5)

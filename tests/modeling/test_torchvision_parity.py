@@ -14,7 +14,7 @@ from torchvision.models.detection.roi_heads import paste_masks_in_image
 from torchvision.ops import box_iou
 
 from maskrcnn import from_torchvision
-from maskrcnn.modeling.preprocess import to_input_frame
+from maskrcnn.modeling.postprocess import to_image_frame
 from maskrcnn.modeling.randomize import randomize_
 from maskrcnn.ops.paste import paste_masks_torchvision
 
@@ -107,7 +107,7 @@ def test_backbone_anchors_and_proposals_match(pair, test_images):
         torch.testing.assert_close(our_anchors, ref_anchors[0], rtol=0, atol=0)
 
         ref_proposals, _ = reference.rpn(ref_list, ref_features)
-        proposals, _ = ours.rpn(batch, level_maps)
+        proposals = ours.rpn(batch, level_maps, params=ours.rpn.test_params).proposals
     for ref_p, p in zip(ref_proposals, proposals):
         assert p.shape == ref_p.shape
         # Same set of boxes; near-equal scores may swap neighbours in the order.
@@ -135,7 +135,7 @@ def test_pooled_features_and_detections_match(pair, test_images):
         torch.testing.assert_close(pooled, ref_pooled, rtol=1e-4, atol=1e-4)
 
         ref_dets, _ = reference.roi_heads(ref_features, ref_proposals, ref_list.image_sizes)
-        dets, _ = ours.roi_heads(level_maps, ref_proposals, ref_list.image_sizes)
+        dets = ours.roi_heads.detect(level_maps, ref_proposals, ref_list.image_sizes)
     for ref, det in zip(ref_dets, dets):
         idx = _match(ref, det.to_dict())
         torch.testing.assert_close(det.scores, ref["scores"][idx], rtol=0, atol=1e-4)
@@ -153,7 +153,7 @@ def test_torchvision_paste_is_bit_exact():
     torch.testing.assert_close(ours, reference, rtol=0, atol=0)
 
 
-def test_to_input_frame_rescales_boxes():
+def test_to_image_frame_rescales_boxes():
     from maskrcnn.structures import Instances
 
     result = Instances(
@@ -163,7 +163,7 @@ def test_to_input_frame_rescales_boxes():
         scores=torch.tensor([0.9]),
         masks=torch.ones(1, 1, 28, 28),
     )
-    mapped = to_input_frame(result, (50, 400), paste="grid_sample")
+    mapped = to_image_frame(result, (50, 400), paste="grid_sample")
     torch.testing.assert_close(mapped.boxes, torch.tensor([[20.0, 10.0, 100.0, 30.0]]))
     assert mapped.masks.shape == (1, 1, 50, 400)
     assert mapped.masks[0, 0, 20, 60] == 1.0 and mapped.masks[0, 0, 40, 60] == 0.0

@@ -34,3 +34,21 @@ def test_not_a_model_file_is_named(tmp_path):
         read_config(bad)
     with pytest.raises(FileNotFoundError, match="missing.safetensors"):
         load_model(tmp_path / "missing.safetensors")
+
+
+def test_model_files_carry_the_inference_precision(tmp_path):
+    import json
+
+    from safetensors.torch import load_file, save_file
+
+    cfg = preset("r18_fpn", num_classes=2)
+    model = build_model(cfg).set_precision("bf16")
+    path = save_model(model, tmp_path / "bf16.safetensors")
+    assert read_config(path).precision == "bf16" and load_model(path).cfg.precision == "bf16"
+    # A file written before the field existed loads with fp32.
+    data = cfg.to_dict()
+    del data["precision"]
+    old = tmp_path / "old.safetensors"
+    metadata = {"format": "maskrcnn/1", "config": json.dumps(data)}
+    save_file(load_file(str(path)), str(old), metadata=metadata)
+    assert load_model(old).cfg == cfg
