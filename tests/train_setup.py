@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 
+import maskrcnn
 from maskrcnn.data.shapes import ShapesFiles, write_shapes_dataset
 from maskrcnn.train.assignments import listed
 from maskrcnn.train.config import (
@@ -97,9 +98,12 @@ def one_thread() -> Iterator[None]:
 
 
 def subprocess_env(**extra: str) -> dict[str, str]:
-    """The environment of a training subprocess: one thread, this interpreter's packages."""
+    """The environment of a training subprocess: one thread, this interpreter's packages, and
+    the ``maskrcnn`` these tests import (first on PYTHONPATH, also for scripts run by path)."""
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
     env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    root = str(Path(maskrcnn.__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = os.pathsep.join([root, *filter(None, [env.get("PYTHONPATH")])])
     env.update(extra)
     return env
 

@@ -317,8 +317,8 @@ class TrainConfig:
         for name, cls in _SECTIONS.items():
             if not isinstance(getattr(self, name), cls):
                 raise ValueError(
-                    f"TrainConfig.{name}: expected a {cls.__name__} "
-                    f"(got {type(getattr(self, name)).__name__})"
+                    f"TrainConfig.{name}: expected {cls.__name__}, "
+                    f"got {type(getattr(self, name)).__name__}"
                 )
 
     @property

@@ -13,7 +13,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from train_setup import cli_args, subprocess_env, tiny_config, train_command, write_shapes
+from train_setup import (
+    TINY_MODEL,
+    assignments,
+    cli_args,
+    one_thread,
+    subprocess_env,
+    tiny_config,
+    train_command,
+    write_shapes,
+)
 
 from maskrcnn.train import checkpoint as ckpt
 from maskrcnn.train.checkpoint import Counters
@@ -21,6 +30,7 @@ from maskrcnn.train.config import DataConfig, OptimConfig, ScheduleConfig, Train
 from maskrcnn.train.resumable_data import DataPosition
 from maskrcnn.train.rng import RngState, capture_rng, restore_rng
 from maskrcnn.train.schedule import WarmupMultiStepLR, build_optimization
+from maskrcnn.train.trainer import train
 
 
 def _state(iteration: int, value: float = 0.0) -> ckpt.TrainingState:
@@ -231,3 +241,60 @@ def test_sigkill_then_resume_gives_the_same_weights(tmp_path: Path) -> None:
     assert [r["loss_total"] for r in rows_a] == [r["loss_total"] for r in rows_b]
     assert not any(p.name.startswith(".tmp-") for p in (tmp_path / "killed").iterdir())
     assert os.path.getsize(tmp_path / "killed" / "model_final.safetensors") > 0
+
+
+def test_a_format_1_checkpoint_with_the_flat_config_resumes(tmp_path: Path) -> None:
+    """A checkpoint of the previous version (format 1, flat train_config) continues."""
+    from maskrcnn.cli.train import main as cli_main
+
+    files = write_shapes(tmp_path / "data")
+    run = tmp_path / "run"
+    changes = {"schedule.max_iter": 3, "checkpoint.period": 3}
+    with one_thread():
+        train(tiny_config(files, run, changes))
+    data = torch.load(run / "last.ckpt", weights_only=True)
+    assert data["format"] == ckpt.FORMAT == "maskrcnn-train/2"
+    assert set(data["rng"]) == {"ranks"} and set(data["counters"]) == {
+        "skipped_steps",
+        "elapsed_seconds",
+    }
+    assert data["data"] == {"epoch": 0, "batch": 3, "batches_per_epoch": 4}
+    # what the previous version wrote: the same keys, the flat configuration
+    data["format"] = "maskrcnn-train/1"
+    data["train_config"] = {
+        "train_ann": str(files.train_ann),
+        "train_images": str(files.image_dir),
+        "out_dir": str(run),
+        "preset": "r18_fpn",
+        "model_overrides": assignments(TINY_MODEL),
+        "batch_size": 2,
+        "max_iter": 3,
+        "base_lr": 0.01,
+        "base_batch_size": 2,
+        "warmup_iters": 3,
+        "lr_steps": [0.8],
+        "log_period": 1,
+        "checkpoint_period": 3,
+        "keep_checkpoints": -1,
+        "num_workers": 0,
+        "progress": False,
+        "device": "cpu",
+        "amp": "none",
+    }
+    torch.save(data, run / "last.ckpt")
+    old = ckpt.load_checkpoint(run / "last.ckpt")
+    assert old.iteration == 3 and old.data == DataPosition(0, 3, 4) and len(old.rng) == 1
+    assert TrainConfig.from_dict(old.train_config) == tiny_config(files, run, changes)
+
+    with one_thread():
+        code = cli_main(["train", "--out", str(run), "--resume", "--max-iter", "5"])
+    assert code == 0
+    new = ckpt.load_checkpoint(run / "last.ckpt")
+    assert new.iteration == 5
+    assert TrainConfig.from_dict(new.train_config).schedule.max_iter == 5
+    assert [r["iter"] for r in _train_rows(run)] == [1, 2, 3, 4, 5]
+
+    data["format"] = "maskrcnn-train/9"
+    torch.save(data, tmp_path / "future.ckpt")
+    with pytest.raises(ValueError, match="not a maskrcnn training checkpoint"):
+        ckpt.load_checkpoint(tmp_path / "future.ckpt")

@@ -25,6 +25,7 @@ import torch
 from PIL import Image, ImageDraw
 from train_setup import free_port, subprocess_env
 
+from maskrcnn.train.checkpoint import load_checkpoint
 from maskrcnn.train.config import (
     CheckpointConfig,
     DataConfig,
@@ -174,11 +175,14 @@ def test_two_gloo_ranks_match_one_process(tmp_path: Path) -> None:
     assert worst < 1e-5, f"one process and two ranks differ by {worst:.3g}"
     rows = [json.loads(x) for x in (tmp_path / "ddp" / "metrics.jsonl").read_text().splitlines()]
     assert [r["iter"] for r in rows if r["type"] == "train"] == [1, 2, 3, 4]
+    state = load_checkpoint(tmp_path / "ddp" / "last.ckpt")  # written by rank 0 alone
+    assert state.iteration == 4 and len(state.rng) == 2  # with both ranks' generators
+    assert not torch.equal(state.rng[0].torch, state.rng[1].torch)  # seeded per rank
 
 
 def _initial_weights(cfg: TrainConfig) -> dict[str, torch.Tensor]:
     from maskrcnn.modeling import build_model
 
-    torch.manual_seed(cfg.seed)
+    torch.manual_seed(cfg.runtime.seed)
     names = ("__background__", "square", "triangle")
     return build_model(cfg.model.model_config(3, names)).state_dict()

@@ -18,6 +18,7 @@ from maskrcnn.modeling.mask_rcnn import MaskRCNN
 from maskrcnn.train import checkpoint as ckpt
 from maskrcnn.train.assignments import parse_assignment
 from maskrcnn.train.config import DataConfig, TrainConfig
+from maskrcnn.train.hooks import Hook, LoopState
 from maskrcnn.train.model_spec import ModelSpec
 from maskrcnn.train.trainer import NonFiniteLossError, Trainer, train
 from maskrcnn.weights.native import load_model
@@ -235,3 +236,64 @@ def test_ctrl_c_saves_and_resume_finishes(
     assert second.stop_reason == "max_iter" and second.iteration == 5
     assert [r["iter"] for r in _rows(tmp_path / "run")] == [1, 2, 3, 4, 5]
     assert signal.getsignal(signal.SIGINT) is handler  # restored after each run
+
+
+class _Recorder(Hook):
+    """Records the calls the loop makes, with the step count and the stop reason."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, int, str | None]] = []
+
+    def before_train(self, loop: LoopState) -> None:
+        self.calls.append(("before_train", loop.iteration, loop.stop_reason))
+
+    def before_step(self, loop: LoopState) -> None:
+        self.calls.append(("before_step", loop.iteration, loop.stop_reason))
+
+    def after_step(self, loop: LoopState) -> None:
+        assert loop.outcome is not None and loop.lr > 0
+        self.calls.append(("after_step", loop.iteration, loop.stop_reason))
+
+    def after_train(self, loop: LoopState) -> None:
+        self.calls.append(("after_train", loop.iteration, loop.stop_reason))
+
+
+def test_hooks_are_called_in_the_documented_order(
+    tmp_path: Path, shapes: ShapesFiles, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    changes = {"schedule.max_iter": 2, "checkpoint.period": 100}
+    trainer = Trainer(tiny_config(shapes, tmp_path / "run", changes))
+    recorder = _Recorder()
+    trainer.hooks.append(recorder)
+    with one_thread():
+        result = trainer.run()
+    assert recorder.calls == [
+        ("before_train", 0, None),
+        ("before_step", 0, None),
+        ("after_step", 1, None),
+        ("before_step", 1, None),
+        ("after_step", 2, None),
+        ("after_train", 2, "max_iter"),
+    ]
+    assert result.stop_reason == "max_iter" and trainer.iteration == 2
+    # the default hooks, in their documented order
+    assert [type(h).__name__ for h in trainer.hooks[:-1]] == [
+        "ProgressHook",
+        "NonFiniteHook",
+        "MetricsHook",
+        "CheckpointHook",
+        "EvalHook",
+        "FinalModelHook",
+        "CurvesHook",
+    ]
+
+    _nan_on(1, monkeypatch)  # every step fails: after_train still runs, told why
+    changes = {"schedule.max_iter": 9, "runtime.max_nonfinite": 2}
+    trainer = Trainer(tiny_config(shapes, tmp_path / "nan", changes))
+    recorder = _Recorder()
+    trainer.hooks.append(recorder)
+    with one_thread(), pytest.warns(RuntimeWarning), pytest.raises(NonFiniteLossError):
+        trainer.run()
+    assert recorder.calls[-1] == ("after_train", 2, "nonfinite")
+    assert not (tmp_path / "nan" / "last.ckpt").exists()
+    assert not (tmp_path / "nan" / "model_final.safetensors").exists()
