@@ -27,6 +27,9 @@ from pathlib import Path
 from typing import Any
 
 from maskrcnn.modeling.precision import PRECISIONS
+from maskrcnn.train.assignments import parse_assignments
+from maskrcnn.train.checkpoint import LAST, load_checkpoint
+from maskrcnn.train.config import DataConfig, TrainConfig
 from maskrcnn.train.config_compat import AMP_MODES, precision_of_amp
 
 # option -> TrainConfig field (dotted path), for the explicit flags
@@ -88,16 +91,12 @@ def add_train_command(subparsers: Any) -> argparse.ArgumentParser:
     return p
 
 
-def build_config(args: argparse.Namespace) -> tuple[Any, bool]:
+def build_config(args: argparse.Namespace) -> tuple[TrainConfig, bool]:
     """The :class:`TrainConfig` the arguments describe, and whether a checkpoint is resumed.
 
     Raises:
         ValueError: missing or inconsistent options (the message says which).
     """
-    from maskrcnn.train.assignments import parse_assignments
-    from maskrcnn.train.checkpoint import LAST, load_checkpoint
-    from maskrcnn.train.config import DataConfig, TrainConfig
-
     changes: dict[str, Any] = {"out_dir": str(args.out)}
     changes.update({f"data.{k}": v for k, v in _data_paths(args).items()})
     if args.amp is not None:

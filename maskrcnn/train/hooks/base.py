@@ -12,12 +12,16 @@ list order:
                                             loop.stop_reason is "nonfinite" or "error")
 
 Hooks talk to the loop through one :class:`LoopState`, which the loop updates; a hook reads
-it and may raise (the loop then stops: e.g. :class:`NonFiniteLossError`). Everything else a
-hook needs (a writer, a period, the function that saves a checkpoint) it receives when it is
-built, so that a hook can be tested with a hand-made :class:`LoopState`.
+it and may raise to stop the run (e.g. the non-finite streak's
+:class:`~maskrcnn.train.hooks.nonfinite.NonFiniteLossError`). Everything else a hook needs
+(a writer, a period, the function that saves a checkpoint) it receives when it is built, so
+that a hook can be tested with a hand-made :class:`LoopState`.
 
-The default list (:func:`maskrcnn.train.trainer.default_hooks`) is, in this order:
-non-finite streak, metrics rows, progress bar, checkpoints, evaluation, final model, curves.
+The trainer's list (``Trainer.hooks``) is, in this order: progress bar, non-finite streak,
+metrics rows, checkpoints, evaluation, final model, curves. So a step's checkpoint is taken
+before its evaluation, a diverging step raises before it is logged, and at the end the last
+rows are written, then the last checkpoint, the final evaluation, the final model and the
+curves (which show that evaluation).
 """
 
 from __future__ import annotations
