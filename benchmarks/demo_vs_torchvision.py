@@ -31,6 +31,7 @@ from maskrcnn.data.loader import build_train_loader
 from maskrcnn.data.transforms import train_transforms
 from maskrcnn.demo import DemoSettings
 from maskrcnn.modeling.modes import eval_mode
+from maskrcnn.modeling.precision import autocast, resolve_precision
 
 
 def build_reference(num_classes: int) -> MaskRCNN:
@@ -94,9 +95,12 @@ def main() -> None:
     parser.add_argument("--out", default=None, help="write the figures as JSON here")
     parser.add_argument("--lr", type=float, default=DemoSettings.lr, help="learning rate")
     parser.add_argument("--optimizer", choices=("sgd", "adamw"), default=DemoSettings.optimizer)
-    parser.add_argument("--amp", choices=("none", "bf16"), default=DemoSettings.amp)
+    parser.add_argument(
+        "--precision", choices=("fp32", "bf16"), default=DemoSettings.precision
+    )  # resolved as the demo does: fp32 (with a warning) on CPUs without fast bf16
     args = parser.parse_args()
     settings = DemoSettings()
+    precision = resolve_precision(args.precision, torch.device("cpu"))
     torch.manual_seed(settings.seed)
     data = Path(args.data)
     train_set = CocoDataset(
@@ -130,7 +134,7 @@ def main() -> None:
         targets = [
             {"boxes": g.boxes, "labels": g.labels, "masks": g.masks.to(torch.uint8)} for g in gts
         ]
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.amp == "bf16"):
+        with autocast(precision, torch.device("cpu")):
             losses = model(images, targets)
         loss = sum(losses.values())
         optimizer.zero_grad()
@@ -148,7 +152,7 @@ def main() -> None:
     stats = evaluate(model, val)
     report = {
         "optimizer": args.optimizer,
-        "amp": args.amp,
+        "precision": precision,
         "lr": args.lr,
         "steps": step,
         "minutes": round(minutes, 2),

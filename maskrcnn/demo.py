@@ -13,13 +13,24 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from maskrcnn.data.coco import CocoDataset
 from maskrcnn.data.shapes import write_shapes_dataset
-from maskrcnn.modeling.precision import cpu_has_fast_bf16
-from maskrcnn.train.config import TrainConfig
+from maskrcnn.modeling.precision import Precision
+from maskrcnn.train.config import (
+    CheckpointConfig,
+    DataConfig,
+    EvalConfig,
+    OptimConfig,
+    OptimizerKind,
+    RuntimeConfig,
+    ScheduleConfig,
+    TrainConfig,
+)
+from maskrcnn.train.model_spec import ModelSpec
 from maskrcnn.train.trainer import train
 from maskrcnn.viz.draw import predictions_grid
 from maskrcnn.weights.native import load_model
@@ -27,22 +38,22 @@ from maskrcnn.weights.native import load_model
 # A ResNet-18-FPN slimmed for 192x256 images and a CPU: trainable BatchNorm (no ImageNet
 # weights offline, so the backbone learns from scratch), 128-channel FPN and mask head,
 # anchors from 16 to 256 pixels, fewer sampled anchors, proposals and RoIs per image.
-DEMO_MODEL_OVERRIDES: tuple[str, ...] = (
-    "backbone.norm=bn",
-    "backbone.freeze_at=0",
-    "fpn.out_channels=128",
-    "box_head.fc_dim=512",
-    "mask_head.conv_dim=128",
-    "input.min_size=[192]",
-    "input.max_size=256",
-    "anchors.sizes=[[16],[32],[64],[128],[256]]",
-    "rpn.batch_size_per_image=128",
-    "rpn.pre_nms_topk_train=500",
-    "rpn.post_nms_topk_train=500",
-    "rpn.pre_nms_topk_test=500",
-    "rpn.post_nms_topk_test=300",
-    "box_head.batch_size_per_image=128",
-)
+DEMO_MODEL_OVERRIDES: dict[str, Any] = {
+    "backbone.norm": "bn",
+    "backbone.freeze_at": 0,
+    "fpn.out_channels": 128,
+    "box_head.fc_dim": 512,
+    "mask_head.conv_dim": 128,
+    "input.min_size": (192,),
+    "input.max_size": 256,
+    "anchors.sizes": ((16,), (32,), (64,), (128,), (256,)),
+    "rpn.batch_size_per_image": 128,
+    "rpn.pre_nms_topk_train": 500,
+    "rpn.post_nms_topk_train": 500,
+    "rpn.pre_nms_topk_test": 500,
+    "rpn.post_nms_topk_test": 300,
+    "box_head.batch_size_per_image": 128,
+}
 
 
 @dataclass(frozen=True)
@@ -53,10 +64,11 @@ class DemoSettings:
     val_images: int = 100
     seed: int = 0
     batch_size: int = 8
-    optimizer: str = "adamw"  # from scratch in minutes, AdamW learns ~2x faster than SGD
+    optimizer: OptimizerKind = "adamw"  # from scratch in minutes, AdamW learns ~2x faster than SGD
     lr: float = 5e-4
     weight_decay: float = 0.05
-    amp: str = "bf16"  # autocast; fp32 on CPUs that emulate bf16 (no AVX-512 BF16 / AMX)
+    precision: Precision = "bf16"  # autocast; resolve_precision falls back to fp32 (warning)
+    # on CPUs that emulate bf16 (no AVX-512 BF16 / AMX)
     max_iter: int = 750
     max_minutes: float = 10.5
     warmup_iters: int = 50
@@ -106,32 +118,35 @@ def run_demo(out: str | Path, settings: DemoSettings = DemoSettings()) -> DemoRe
         )
     print(f"data: {settings.train_images} train / {settings.val_images} val images in {data_dir}")
     run_dir = out / "run"
-    amp = settings.amp
-    if amp == "bf16" and not torch.cuda.is_available() and not cpu_has_fast_bf16():
-        print("this CPU emulates bf16 (no AVX-512 BF16 or AMX): training in fp32")
-        amp = "none"
     cfg = TrainConfig(
-        train_ann=str(data_dir / "train.json"),
-        train_images=str(data_dir / "images"),
-        val_ann=str(data_dir / "val.json"),
-        val_images=str(data_dir / "images"),
+        data=DataConfig(
+            train_ann=str(data_dir / "train.json"),
+            train_images=str(data_dir / "images"),
+            val_ann=str(data_dir / "val.json"),
+            val_images=str(data_dir / "images"),
+            batch_size=settings.batch_size,
+            num_workers=settings.workers,
+        ),
         out_dir=str(run_dir),
-        preset="r18_fpn",
-        model_overrides=DEMO_MODEL_OVERRIDES,
-        batch_size=settings.batch_size,
-        optimizer=settings.optimizer,
-        base_lr=settings.lr,
-        base_batch_size=settings.batch_size,
-        weight_decay=settings.weight_decay,
-        max_iter=settings.max_iter,
-        max_minutes=settings.max_minutes,
-        warmup_iters=settings.warmup_iters,
-        lr_steps=settings.lr_steps,
-        amp=amp,
-        checkpoint_period=100,
-        eval_period=settings.eval_period,
-        seed=settings.seed,
-        num_workers=settings.workers,
+        model=ModelSpec(preset="r18_fpn", overrides=DEMO_MODEL_OVERRIDES),
+        optim=OptimConfig(
+            kind=settings.optimizer,
+            base_lr=settings.lr,
+            base_batch_size=settings.batch_size,
+            weight_decay=settings.weight_decay,
+        ),
+        schedule=ScheduleConfig(
+            max_iter=settings.max_iter,
+            warmup_iters=settings.warmup_iters,
+            lr_steps=settings.lr_steps,
+        ),
+        checkpoint=CheckpointConfig(period=100),
+        eval=EvalConfig(period=settings.eval_period),
+        runtime=RuntimeConfig(
+            precision=settings.precision,
+            seed=settings.seed,
+            max_minutes=settings.max_minutes,
+        ),
     )
     if (run_dir / "model_final.safetensors").is_file():
         shutil.rmtree(run_dir)  # a finished demo run: train afresh

@@ -7,7 +7,10 @@
 
 ``--data DIR`` is the layout of ``maskrcnn data shapes`` (DIR/train.json, DIR/val.json,
 DIR/images); otherwise give ``--train-ann/--train-images`` (and ``--val-ann/--val-images``).
-``--set`` overrides the model configuration, ``--train-set`` any :class:`TrainConfig` field.
+``--set key=value`` overrides the model configuration (``ModelSpec.overrides``),
+``--train-set section.field=value`` any :class:`TrainConfig` field (``optim.base_lr=0.01``;
+the flat names of earlier versions, ``base_lr=0.01``, still work). ``--precision`` is one of
+fp32/bf16/fp16/auto; ``--amp none|auto|bf16|fp16`` is its older spelling (none = fp32).
 With ``--resume`` the run's own configuration is read from its checkpoint, and only the
 options given on the command line change it.
 
@@ -23,19 +26,25 @@ import sys
 from pathlib import Path
 from typing import Any
 
-# option -> TrainConfig field, for the explicit flags
+from maskrcnn.modeling.precision import PRECISIONS
+from maskrcnn.train.assignments import parse_assignments
+from maskrcnn.train.checkpoint import LAST, load_checkpoint
+from maskrcnn.train.config import DataConfig, TrainConfig
+from maskrcnn.train.config_compat import AMP_MODES, precision_of_amp
+
+# option -> TrainConfig field (dotted path), for the explicit flags
 _FLAGS = {
-    "preset": "preset",
-    "batch_size": "batch_size",
-    "max_iter": "max_iter",
-    "max_minutes": "max_minutes",
-    "amp": "amp",
-    "workers": "num_workers",
-    "eval_period": "eval_period",
-    "checkpoint_period": "checkpoint_period",
-    "imagenet": "imagenet",
-    "device": "device",
-    "seed": "seed",
+    "preset": "model.preset",
+    "batch_size": "data.batch_size",
+    "max_iter": "schedule.max_iter",
+    "max_minutes": "runtime.max_minutes",
+    "precision": "runtime.precision",
+    "workers": "data.num_workers",
+    "eval_period": "eval.period",
+    "checkpoint_period": "checkpoint.period",
+    "imagenet": "model.imagenet",
+    "device": "runtime.device",
+    "seed": "runtime.seed",
 }
 
 
@@ -59,13 +68,18 @@ def add_train_command(subparsers: Any) -> argparse.ArgumentParser:
         "--set", action="append", default=[], metavar="KEY=VALUE", help="model config override"
     )
     p.add_argument(
-        "--train-set", action="append", default=[], metavar="FIELD=VALUE", help="TrainConfig field"
+        "--train-set",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="TrainConfig field, e.g. optim.base_lr=0.01 (old flat names work too)",
     )
     p.add_argument("--batch-size", type=int, help="images per step over all processes")
     p.add_argument("--lr", type=float, help="learning rate (as is; default 0.02 x batch / 16)")
     p.add_argument("--max-iter", type=int, help="optimisation steps")
     p.add_argument("--max-minutes", type=float, help="wall-clock budget of this invocation")
-    p.add_argument("--amp", choices=["none", "auto", "bf16", "fp16"], help="mixed precision")
+    p.add_argument("--precision", choices=PRECISIONS, help="fp32, bf16, fp16 or auto")
+    p.add_argument("--amp", choices=AMP_MODES, help="older spelling of --precision (none: fp32)")
     p.add_argument("--workers", type=int, help="data-loading processes per training process")
     p.add_argument("--eval-period", type=int, help="steps between evaluations (0: at the end)")
     p.add_argument("--checkpoint-period", type=int, help="steps between checkpoints")
@@ -77,36 +91,40 @@ def add_train_command(subparsers: Any) -> argparse.ArgumentParser:
     return p
 
 
-def build_config(args: argparse.Namespace) -> tuple[Any, bool]:
+def build_config(args: argparse.Namespace) -> tuple[TrainConfig, bool]:
     """The :class:`TrainConfig` the arguments describe, and whether a checkpoint is resumed.
 
     Raises:
         ValueError: missing or inconsistent options (the message says which).
     """
-    from maskrcnn.train.checkpoint import LAST, load_checkpoint
-    from maskrcnn.train.config import TrainConfig
-
     changes: dict[str, Any] = {"out_dir": str(args.out)}
-    changes.update(_data_paths(args))
+    changes.update({f"data.{k}": v for k, v in _data_paths(args).items()})
+    if args.amp is not None:
+        if args.precision is not None:
+            raise ValueError("--amp and --precision exclude each other (--amp is the old name)")
+        changes["runtime.precision"] = precision_of_amp(args.amp)
     for option, name in _FLAGS.items():
         value = getattr(args, option)
         if value is not None:
             changes[name] = value
-    if args.set:
-        changes["model_overrides"] = tuple(args.set)
+    if args.set:  # parsed here, once: the configuration holds typed values
+        changes["model.overrides"] = parse_assignments(args.set, where="model override")
     if args.no_progress:
-        changes["progress"] = False
+        changes["log.progress"] = False
     last = Path(args.out) / LAST
     resuming = bool(args.resume and last.is_file())
     if resuming:
-        cfg = TrainConfig.from_dict(load_checkpoint(last).train_config).replace(**changes)
+        cfg = TrainConfig.from_dict(load_checkpoint(last).train_config)
     else:
-        if "train_ann" not in changes:
+        if "data.train_ann" not in changes:
             raise ValueError("give --data DIR, or --train-ann and --train-images")
-        cfg = TrainConfig(**changes)
-    cfg = cfg.with_assignments(args.train_set)
+        data = DataConfig(changes["data.train_ann"], changes["data.train_images"])
+        cfg = TrainConfig(data=data)
+    cfg = cfg.with_values(changes).with_assignments(args.train_set)
     if args.lr is not None:  # an absolute rate: it refers to this batch size
-        cfg = cfg.replace(base_lr=args.lr, base_batch_size=cfg.batch_size)
+        cfg = cfg.with_values(
+            {"optim.base_lr": args.lr, "optim.base_batch_size": cfg.data.batch_size}
+        )
     return cfg, resuming
 
 

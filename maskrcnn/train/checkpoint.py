@@ -6,6 +6,13 @@ it loads with ``torch.load(weights_only=True)`` (no pickled code runs):
     format, iteration, model, optimizer, scheduler, scaler, rng, data, model_config,
     categories, train_config, counters
 
+In memory it is a :class:`TrainingState` whose bookkeeping parts are typed
+(:class:`~maskrcnn.train.resumable_data.DataPosition`, :class:`Counters`, one
+:class:`~maskrcnn.train.rng.RngState` per rank); they become plain containers only in
+:meth:`TrainingState.to_dict` / :meth:`TrainingState.from_dict`, at the ``torch.save`` /
+``torch.load`` boundary. Format 2 stores ``train_config`` in the sectioned layout of
+:class:`~maskrcnn.train.config.TrainConfig`; format 1 files (the flat layout) still load.
+
 Writing goes to a temporary file in the same folder, which is flushed, fsynced and renamed
 over the target (``os.replace`` is atomic), so a crash at any moment leaves either the old
 file or the new one, never half of one. A run folder holds ``last.ckpt`` and, optionally, the
@@ -18,23 +25,49 @@ most recent ``iter_XXXXXXX.ckpt`` files (hard links to the same data where possi
 from __future__ import annotations
 
 import os
-import random
 import re
 import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
 from maskrcnn.config import ModelConfig
+from maskrcnn.train.resumable_data import DataPosition
+from maskrcnn.train.rng import RngState
 
-FORMAT = "maskrcnn-train/1"
+FORMAT = "maskrcnn-train/2"
+READABLE_FORMATS = ("maskrcnn-train/1", FORMAT)  # 1: flat train_config
 LAST = "last.ckpt"
 _ITER_RE = re.compile(r"^iter_(\d{7,})\.ckpt$")
 _TMP_PREFIX = ".tmp-"
+
+
+@dataclass(frozen=True)
+class Counters:
+    """Bookkeeping numbers of a run.
+
+    Attributes:
+        skipped_steps: steps skipped for a non-finite loss or gradient, in the whole run.
+        elapsed_seconds: wall-clock seconds of training, over all invocations.
+    """
+
+    skipped_steps: int = 0
+    elapsed_seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, float]:
+        return {"skipped_steps": self.skipped_steps, "elapsed_seconds": self.elapsed_seconds}
+
+    @staticmethod
+    def from_dict(data: Mapping[str, Any]) -> Counters:
+        """Inverse of :meth:`to_dict` (missing numbers read as 0)."""
+        return Counters(
+            skipped_steps=int(data.get("skipped_steps", 0)),
+            elapsed_seconds=float(data.get("elapsed_seconds", 0.0)),
+        )
 
 
 @dataclass
@@ -47,11 +80,12 @@ class TrainingState:
         optimizer: the optimizer's ``state_dict``.
         scheduler: the learning-rate scheduler's ``state_dict``.
         scaler: the fp16 gradient scaler's ``state_dict``, or None without one.
-        rng: random generator states (:func:`capture_rng`).
-        data: the data sampler's position (``epoch``, ``batch`` within it, ...).
+        rng: the random generator states of every rank (index = rank).
+        data: the data's position.
         model_config: :meth:`ModelConfig.to_dict` of the model.
         categories: the category map (``CategoryMap.to_dict``).
-        train_config: ``TrainConfig.to_dict`` of the run.
+        train_config: ``TrainConfig.to_dict`` of the run (read it with
+            ``TrainConfig.from_dict``, which also reads format 1's flat layout).
         counters: bookkeeping numbers (e.g. skipped non-finite steps).
     """
 
@@ -60,15 +94,56 @@ class TrainingState:
     optimizer: dict[str, Any]
     scheduler: dict[str, Any]
     scaler: dict[str, Any] | None
-    rng: dict[str, Any]
-    data: dict[str, int]
+    rng: tuple[RngState, ...]
+    data: DataPosition
     model_config: dict[str, Any]
     categories: dict[str, Any]
     train_config: dict[str, Any]
-    counters: dict[str, float] = field(default_factory=dict)
+    counters: Counters = field(default_factory=Counters)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"format": FORMAT, **{k: getattr(self, k) for k in self.__dataclass_fields__}}
+        """The plain containers ``torch.save`` writes (format :data:`FORMAT`)."""
+        return {
+            "format": FORMAT,
+            "iteration": self.iteration,
+            "model": self.model,
+            "optimizer": self.optimizer,
+            "scheduler": self.scheduler,
+            "scaler": self.scaler,
+            "rng": {"ranks": [r.to_dict() for r in self.rng]},
+            "data": self.data.to_dict(),
+            "model_config": self.model_config,
+            "categories": self.categories,
+            "train_config": self.train_config,
+            "counters": self.counters.to_dict(),
+        }
+
+    @staticmethod
+    def from_dict(data: Mapping[str, Any], where: str = "checkpoint") -> TrainingState:
+        """Inverse of :meth:`to_dict`, for every format in :data:`READABLE_FORMATS`.
+
+        Raises:
+            ValueError: another format, or missing parts (the message names ``where``).
+        """
+        if not isinstance(data, Mapping) or data.get("format") not in READABLE_FORMATS:
+            raise ValueError(f"{where}: not a maskrcnn training checkpoint (format {FORMAT!r})")
+        names = [f for f in TrainingState.__dataclass_fields__ if f != "counters"]
+        missing = [k for k in names if k not in data]
+        if missing:
+            raise ValueError(f"{where}: checkpoint lacks {missing}")
+        return TrainingState(
+            iteration=int(data["iteration"]),
+            model=data["model"],
+            optimizer=data["optimizer"],
+            scheduler=data["scheduler"],
+            scaler=data["scaler"],
+            rng=tuple(RngState.from_dict(r) for r in (data["rng"] or {}).get("ranks", [])),
+            data=DataPosition.from_dict(data["data"]),
+            model_config=data["model_config"],
+            categories=data["categories"],
+            train_config=data["train_config"],
+            counters=Counters.from_dict(data.get("counters") or {}),
+        )
 
 
 def iter_name(iteration: int) -> str:
@@ -180,61 +255,7 @@ def load_checkpoint(path: str | Path) -> TrainingState:
         data = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # truncated file, not a torch file, disallowed types
         raise ValueError(f"{path}: cannot read the checkpoint ({err})") from err
-    if not isinstance(data, dict) or data.get("format") != FORMAT:
-        raise ValueError(f"{path}: not a maskrcnn training checkpoint (format {FORMAT!r})")
-    names = [f for f in TrainingState.__dataclass_fields__ if f != "counters"]
-    missing = [k for k in names if k not in data]
-    if missing:
-        raise ValueError(f"{path}: checkpoint lacks {missing}")
-    return TrainingState(**{k: data[k] for k in names}, counters=dict(data.get("counters", {})))
-
-
-# ----------------------------------------------------------------------------------------------
-# Random generator states as weights_only-loadable values
-
-
-def capture_rng() -> dict[str, Any]:
-    """States of Python's ``random``, NumPy's global generator, torch's CPU and CUDA ones."""
-    version, internal, gauss = random.getstate()
-    kind, keys, pos, has_gauss, cached = np.random.get_state(legacy=True)
-    state: dict[str, Any] = {
-        "python": [int(version), [int(v) for v in internal], gauss],
-        "numpy": {
-            "kind": str(kind),
-            "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)),
-            "pos": int(pos),
-            "has_gauss": int(has_gauss),
-            "cached_gaussian": float(cached),
-        },
-        "torch": torch.get_rng_state(),
-        "cuda": [],
-    }
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = list(torch.cuda.get_rng_state_all())
-    return state
-
-
-def restore_rng(state: dict[str, Any]) -> None:
-    """Inverse of :func:`capture_rng` (CUDA states only if CUDA is in use here too)."""
-    version, internal, gauss = state["python"]
-    random.setstate((int(version), tuple(int(v) for v in internal), gauss))
-    np_state = state["numpy"]
-    np.random.set_state(
-        (
-            np_state["kind"],
-            np_state["keys"].numpy().astype(np.uint32),
-            np_state["pos"],
-            np_state["has_gauss"],
-            np_state["cached_gaussian"],
-        )
-    )
-    torch.set_rng_state(state["torch"])
-    cuda = state.get("cuda") or []
-    if cuda and torch.cuda.is_available():
-        if len(cuda) == torch.cuda.device_count():
-            torch.cuda.set_rng_state_all(cuda)
-        else:
-            torch.cuda.set_rng_state(cuda[0])
+    return TrainingState.from_dict(data, where=str(path))
 
 
 # ----------------------------------------------------------------------------------------------

@@ -62,22 +62,23 @@ def build_optimizer(
 def build_optimization(
     model: nn.Module, cfg: TrainConfig
 ) -> tuple[torch.optim.Optimizer, WarmupMultiStepLR]:
-    """The optimizer and learning-rate schedule a :class:`TrainConfig` describes."""
+    """The optimizer and learning-rate schedule of a :class:`TrainConfig` (``optim``,
+    ``schedule`` and the scaled rate :attr:`TrainConfig.lr`)."""
     optimizer = build_optimizer(
         model,
-        kind=cfg.optimizer,
+        kind=cfg.optim.kind,
         lr=cfg.lr,
-        momentum=cfg.momentum,
-        weight_decay=cfg.weight_decay,
-        no_decay_norm_bias=cfg.no_decay_norm_bias,
+        momentum=cfg.optim.momentum,
+        weight_decay=cfg.optim.weight_decay,
+        no_decay_norm_bias=cfg.optim.no_decay_norm_bias,
     )
     scheduler = WarmupMultiStepLR(
         optimizer,
         base_lr=cfg.lr,
-        milestones=cfg.milestones(),
-        gamma=cfg.gamma,
-        warmup_iters=cfg.warmup_iters,
-        warmup_factor=cfg.warmup_factor,
+        milestones=cfg.schedule.milestones(),
+        gamma=cfg.schedule.gamma,
+        warmup_iters=cfg.schedule.warmup_iters,
+        warmup_factor=cfg.schedule.warmup_factor,
     )
     return optimizer, scheduler
 

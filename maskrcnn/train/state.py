@@ -17,7 +17,8 @@ from maskrcnn.config import ModelConfig
 from maskrcnn.data.categories import CategoryMap
 from maskrcnn.train import checkpoint as ckpt
 from maskrcnn.train.config import TrainConfig
-from maskrcnn.train.runtime import TrainData
+from maskrcnn.train.resumable_data import TrainData
+from maskrcnn.train.rng import restore_rng
 
 logger = logging.getLogger("maskrcnn.train")
 
@@ -92,34 +93,19 @@ def restore(
     if scaler is not None and state.scaler:
         scaler.load_state_dict(state.scaler)
     per_epoch = data.batches_per_epoch
-    if state.data.get("batches_per_epoch") == per_epoch:
-        data.epoch, data.batch = int(state.data["epoch"]), int(state.data["batch"])
+    saved = state.data
+    if saved.batches_per_epoch == per_epoch:
+        data.seek(saved.epoch, saved.batch)
     else:
         logger.warning(
             "the data gives %d batches per epoch, the checkpoint's run had %s: the data order "
             "from here differs from an uninterrupted run",
             per_epoch,
-            state.data.get("batches_per_epoch"),
+            saved.batches_per_epoch or "an unknown number",
         )
-        data.epoch, data.batch = divmod(int(state.iteration), per_epoch)
-    ranks = state.rng.get("ranks", [])
-    if ranks:
-        ckpt.restore_rng(ranks[rank] if rank < len(ranks) else ranks[0])
-
-
-def diverged_message(run_dir: Path, streak: list[int]) -> str:
-    """The error of a run stopped by ``len(streak)`` non-finite steps in a row."""
-    last = run_dir / ckpt.LAST
-    kept = (
-        f"the last good checkpoint is {last} (step {ckpt.load_checkpoint(last).iteration})"
-        if last.exists()
-        else "no checkpoint had been written yet"
-    )
-    return (
-        f"{len(streak)} non-finite losses in a row (steps {streak[0]}-{streak[-1]}): training "
-        f"stopped; {kept}. Lower the learning rate (base_lr) or set clip_grad_norm, then "
-        "continue with --resume."
-    )
+        data.seek(*divmod(int(state.iteration), per_epoch))
+    if state.rng:
+        restore_rng(state.rng[rank] if rank < len(state.rng) else state.rng[0])
 
 
 def _dict_diff(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> list[str]:

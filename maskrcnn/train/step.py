@@ -17,7 +17,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from maskrcnn.train.runtime import DistInfo, autocast_for
+from maskrcnn.modeling.precision import ResolvedPrecision, autocast
+from maskrcnn.train.distributed import DistInfo
 
 
 @dataclass
@@ -47,7 +48,7 @@ class StepRunner:
         optimizer: the optimizer.
         device: where the batch goes.
         info: the process group membership.
-        amp: autocast dtype (None: full precision).
+        precision: the resolved precision (``resolve_precision``): fp32, bf16 or fp16.
         scaler: a GradScaler for fp16, or None.
         clip_grad_norm: maximum global gradient norm, or None.
     """
@@ -59,7 +60,7 @@ class StepRunner:
         *,
         device: torch.device,
         info: DistInfo,
-        amp: torch.dtype | None = None,
+        precision: ResolvedPrecision = "fp32",
         scaler: Any = None,
         clip_grad_norm: float | None = None,
     ) -> None:
@@ -67,7 +68,7 @@ class StepRunner:
         self.optimizer = optimizer
         self.device = device
         self.info = info
-        self.amp = amp
+        self.precision = precision
         self.scaler = scaler
         self.clip = clip_grad_norm
 
@@ -84,7 +85,7 @@ class StepRunner:
         images, targets, _ = batch
         images = [im.to(self.device, non_blocking=True) for im in images]
         targets = [t.to(self.device) for t in targets]
-        with autocast_for(self.amp, self.device):
+        with autocast(self.precision, self.device):
             losses = self.model(images, targets)
         names = ["loss_total", *losses]
         total = sum(losses.values())

@@ -13,11 +13,24 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from train_setup import cli_args, subprocess_env, tiny_config, train_command, write_shapes
+from train_setup import (
+    TINY_MODEL,
+    assignments,
+    cli_args,
+    one_thread,
+    subprocess_env,
+    tiny_config,
+    train_command,
+    write_shapes,
+)
 
 from maskrcnn.train import checkpoint as ckpt
-from maskrcnn.train.config import TrainConfig
+from maskrcnn.train.checkpoint import Counters
+from maskrcnn.train.config import DataConfig, OptimConfig, ScheduleConfig, TrainConfig
+from maskrcnn.train.resumable_data import DataPosition
+from maskrcnn.train.rng import RngState, capture_rng, restore_rng
 from maskrcnn.train.schedule import WarmupMultiStepLR, build_optimization
+from maskrcnn.train.trainer import train
 
 
 def _state(iteration: int, value: float = 0.0) -> ckpt.TrainingState:
@@ -33,12 +46,12 @@ def _state(iteration: int, value: float = 0.0) -> ckpt.TrainingState:
         optimizer=optimizer.state_dict(),
         scheduler={"last_iter": iteration},
         scaler=None,
-        rng={"ranks": [ckpt.capture_rng()]},
-        data={"epoch": 1, "batch": 2, "batches_per_epoch": 4},
+        rng=(capture_rng(),),
+        data=DataPosition(epoch=1, batch=2, batches_per_epoch=4),
         model_config={"num_classes": 3},
         categories={"category_ids": [1, 2], "names": ["a", "b"]},
         train_config={"train_ann": "x"},
-        counters={"skipped_steps": 1},
+        counters=Counters(skipped_steps=1),
     )
 
 
@@ -48,7 +61,7 @@ def test_checkpoint_round_trip_with_weights_only(tmp_path: Path) -> None:
     assert numbered == tmp_path / "iter_0000007.ckpt"
     torch.load(last, weights_only=True)  # nothing but allowed types inside
     loaded = ckpt.load_checkpoint(numbered)
-    assert loaded.iteration == 7 and loaded.counters == {"skipped_steps": 1}
+    assert loaded.iteration == 7 and loaded.counters == Counters(skipped_steps=1)
     assert torch.equal(loaded.model["weight"], torch.full((2, 3), 0.5))
     assert loaded.optimizer["state"][0]["momentum_buffer"].shape == (2, 3)
     assert loaded.data == state.data and loaded.categories == state.categories
@@ -109,12 +122,12 @@ def test_rng_states_survive_a_weights_only_round_trip(tmp_path: Path) -> None:
     np.random.seed(2)
     torch.manual_seed(3)
     np.random.standard_normal()  # leaves a cached gaussian in NumPy's state
-    ckpt.atomic_torch_save(ckpt.capture_rng(), tmp_path / "rng.pt")
+    ckpt.atomic_torch_save(capture_rng().to_dict(), tmp_path / "rng.pt")
     expected = (random.random(), np.random.standard_normal(3).tolist(), torch.rand(3))
     random.seed(9)
     np.random.seed(9)
     torch.manual_seed(9)
-    ckpt.restore_rng(torch.load(tmp_path / "rng.pt", weights_only=True))
+    restore_rng(RngState.from_dict(torch.load(tmp_path / "rng.pt", weights_only=True)))
     again = (random.random(), np.random.standard_normal(3).tolist(), torch.rand(3))
     assert expected[:2] == again[:2] and torch.equal(expected[2], again[2])
 
@@ -138,10 +151,15 @@ def test_schedule_warmup_steps_and_state() -> None:
 def test_optimizer_kinds_get_the_configured_groups_and_schedule() -> None:
     model = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.BatchNorm1d(2))
     model[1].weight.requires_grad_(False)  # frozen parameters are left out
-    base = TrainConfig("a.json", "imgs", batch_size=16, base_lr=0.02, weight_decay=0.05)
-    base = base.replace(warmup_iters=0, no_decay_norm_bias=True)
+    base = TrainConfig(
+        data=DataConfig("a.json", "imgs", batch_size=16),
+        optim=OptimConfig(base_lr=0.02, weight_decay=0.05, no_decay_norm_bias=True),
+        schedule=ScheduleConfig(warmup_iters=0),
+    )
     sgd, _ = build_optimization(model, base)
-    adamw, sched = build_optimization(model, base.replace(optimizer="adamw", momentum=0.8))
+    adamw, sched = build_optimization(
+        model, base.with_values({"optim.kind": "adamw", "optim.momentum": 0.8})
+    )
     assert type(sgd) is torch.optim.SGD and type(adamw) is torch.optim.AdamW
     assert adamw.defaults["betas"] == (0.8, 0.999) and sgd.defaults["momentum"] == 0.9
     for optimizer in (sgd, adamw):
@@ -150,7 +168,9 @@ def test_optimizer_kinds_get_the_configured_groups_and_schedule() -> None:
     sched.step()
     assert [g["lr"] for g in adamw.param_groups] == [0.02, 0.02]
     with pytest.raises(ValueError, match="optimizer"):
-        base.replace(optimizer="lamb")
+        base.with_values({"optimizer": "lamb"})  # the flat name of earlier versions
+    with pytest.raises(ValueError, match="optim.kind"):
+        base.with_values({"optim.kind": "lamb"})
 
 
 def _wait_for(path: Path, proc: subprocess.Popen, timeout: float) -> None:
@@ -171,9 +191,14 @@ def _train_rows(run: Path) -> list[dict]:
 def test_sigkill_then_resume_gives_the_same_weights(tmp_path: Path) -> None:
     """A run killed with SIGKILL after step 10 and resumed ends bit-identical to a clean run."""
     files = write_shapes(tmp_path / "data")
-    common = {"max_iter": 20, "checkpoint_period": 5, "flip_prob": 0.5, "seed": 3}
-    clean = tiny_config(files, tmp_path / "clean", **common)
-    killed = tiny_config(files, tmp_path / "killed", **common)
+    common = {
+        "schedule.max_iter": 20,
+        "checkpoint.period": 5,
+        "data.flip_prob": 0.5,
+        "runtime.seed": 3,
+    }
+    clean = tiny_config(files, tmp_path / "clean", common)
+    killed = tiny_config(files, tmp_path / "killed", common)
     env = subprocess_env()
     logs = {name: open(tmp_path / f"{name}.log", "w") for name in ("clean", "killed")}
     run = {"env": env, "stderr": subprocess.STDOUT}
@@ -216,3 +241,60 @@ def test_sigkill_then_resume_gives_the_same_weights(tmp_path: Path) -> None:
     assert [r["loss_total"] for r in rows_a] == [r["loss_total"] for r in rows_b]
     assert not any(p.name.startswith(".tmp-") for p in (tmp_path / "killed").iterdir())
     assert os.path.getsize(tmp_path / "killed" / "model_final.safetensors") > 0
+
+
+def test_a_format_1_checkpoint_with_the_flat_config_resumes(tmp_path: Path) -> None:
+    """A checkpoint of the previous version (format 1, flat train_config) continues."""
+    from maskrcnn.cli.train import main as cli_main
+
+    files = write_shapes(tmp_path / "data")
+    run = tmp_path / "run"
+    changes = {"schedule.max_iter": 3, "checkpoint.period": 3}
+    with one_thread():
+        train(tiny_config(files, run, changes))
+    data = torch.load(run / "last.ckpt", weights_only=True)
+    assert data["format"] == ckpt.FORMAT == "maskrcnn-train/2"
+    assert set(data["rng"]) == {"ranks"} and set(data["counters"]) == {
+        "skipped_steps",
+        "elapsed_seconds",
+    }
+    assert data["data"] == {"epoch": 0, "batch": 3, "batches_per_epoch": 4}
+    # what the previous version wrote: the same keys, the flat configuration
+    data["format"] = "maskrcnn-train/1"
+    data["train_config"] = {
+        "train_ann": str(files.train_ann),
+        "train_images": str(files.image_dir),
+        "out_dir": str(run),
+        "preset": "r18_fpn",
+        "model_overrides": assignments(TINY_MODEL),
+        "batch_size": 2,
+        "max_iter": 3,
+        "base_lr": 0.01,
+        "base_batch_size": 2,
+        "warmup_iters": 3,
+        "lr_steps": [0.8],
+        "log_period": 1,
+        "checkpoint_period": 3,
+        "keep_checkpoints": -1,
+        "num_workers": 0,
+        "progress": False,
+        "device": "cpu",
+        "amp": "none",
+    }
+    torch.save(data, run / "last.ckpt")
+    old = ckpt.load_checkpoint(run / "last.ckpt")
+    assert old.iteration == 3 and old.data == DataPosition(0, 3, 4) and len(old.rng) == 1
+    assert TrainConfig.from_dict(old.train_config) == tiny_config(files, run, changes)
+
+    with one_thread():
+        code = cli_main(["train", "--out", str(run), "--resume", "--max-iter", "5"])
+    assert code == 0
+    new = ckpt.load_checkpoint(run / "last.ckpt")
+    assert new.iteration == 5
+    assert TrainConfig.from_dict(new.train_config).schedule.max_iter == 5
+    assert [r["iter"] for r in _train_rows(run)] == [1, 2, 3, 4, 5]
+
+    data["format"] = "maskrcnn-train/9"
+    torch.save(data, tmp_path / "future.ckpt")
+    with pytest.raises(ValueError, match="not a maskrcnn training checkpoint"):
+        ckpt.load_checkpoint(tmp_path / "future.ckpt")

@@ -25,29 +25,39 @@ import torch
 from PIL import Image, ImageDraw
 from train_setup import free_port, subprocess_env
 
-from maskrcnn.train.config import TrainConfig
+from maskrcnn.train.checkpoint import load_checkpoint
+from maskrcnn.train.config import (
+    CheckpointConfig,
+    DataConfig,
+    LogConfig,
+    OptimConfig,
+    RuntimeConfig,
+    ScheduleConfig,
+    TrainConfig,
+)
+from maskrcnn.train.model_spec import ModelSpec
 
 H, W = 64, 96
 OBJECTS = [
     [11.0, 9.0, 39.0, 9.0, 39.0, 37.0, 11.0, 37.0],  # a square
     [52.0, 50.0, 86.0, 50.0, 69.0, 17.0],  # a triangle
 ]
-OVERRIDES = (
-    "input.min_size=[64]",
-    "input.max_size=96",
-    "fpn.out_channels=64",
-    "box_head.fc_dim=256",
-    "mask_head.conv_dim=64",
-    "rpn.pre_nms_topk_train=100",
-    "rpn.post_nms_topk_train=16",
-    "rpn.batch_size_per_image=100000",
-    "box_head.batch_size_per_image=100000",
-    "box_head.fg_iou_thresh=0.99",
-    "box_head.bg_iou_thresh=0.99",
-    "rpn.pre_nms_topk_test=100",
-    "rpn.post_nms_topk_test=20",
-    "box_head.detections_per_image=10",
-)
+OVERRIDES = {
+    "input.min_size": (64,),
+    "input.max_size": 96,
+    "fpn.out_channels": 64,
+    "box_head.fc_dim": 256,
+    "mask_head.conv_dim": 64,
+    "rpn.pre_nms_topk_train": 100,
+    "rpn.post_nms_topk_train": 16,
+    "rpn.batch_size_per_image": 100000,
+    "box_head.batch_size_per_image": 100000,
+    "box_head.fg_iou_thresh": 0.99,
+    "box_head.bg_iou_thresh": 0.99,
+    "rpn.pre_nms_topk_test": 100,
+    "rpn.post_nms_topk_test": 20,
+    "box_head.detections_per_image": 10,
+}
 
 WORKER = """
 import json, sys, torch
@@ -103,23 +113,21 @@ def test_two_gloo_ranks_match_one_process(tmp_path: Path) -> None:
     val_ann = _write_split(tmp_path, "val", 2, seed=1)
     images = str(tmp_path / "images")
     base = TrainConfig(
-        train_ann=str(train_ann),
-        train_images=images,
-        val_ann=str(val_ann),
-        val_images=images,
-        preset="r18_fpn",
-        model_overrides=OVERRIDES,
-        batch_size=2,  # global: 2 ranks x 1 image, or 1 process x 2 images
-        max_iter=4,
-        base_lr=0.01,
-        base_batch_size=2,
-        warmup_iters=2,
-        flip_prob=0.0,
-        checkpoint_period=100,
-        log_period=1,
-        num_workers=0,
-        progress=False,
-        device="cpu",
+        data=DataConfig(
+            train_ann=str(train_ann),
+            train_images=images,
+            val_ann=str(val_ann),
+            val_images=images,
+            batch_size=2,  # global: 2 ranks x 1 image, or 1 process x 2 images
+            flip_prob=0.0,
+            num_workers=0,
+        ),
+        model=ModelSpec(preset="r18_fpn", overrides=OVERRIDES),
+        optim=OptimConfig(base_lr=0.01, base_batch_size=2),
+        schedule=ScheduleConfig(max_iter=4, warmup_iters=2),
+        checkpoint=CheckpointConfig(period=100),
+        log=LogConfig(period=1, progress=False),
+        runtime=RuntimeConfig(device="cpu"),
     )
     script = tmp_path / "worker.py"
     script.write_text(WORKER)
@@ -167,10 +175,14 @@ def test_two_gloo_ranks_match_one_process(tmp_path: Path) -> None:
     assert worst < 1e-5, f"one process and two ranks differ by {worst:.3g}"
     rows = [json.loads(x) for x in (tmp_path / "ddp" / "metrics.jsonl").read_text().splitlines()]
     assert [r["iter"] for r in rows if r["type"] == "train"] == [1, 2, 3, 4]
+    state = load_checkpoint(tmp_path / "ddp" / "last.ckpt")  # written by rank 0 alone
+    assert state.iteration == 4 and len(state.rng) == 2  # with both ranks' generators
+    assert not torch.equal(state.rng[0].torch, state.rng[1].torch)  # seeded per rank
 
 
 def _initial_weights(cfg: TrainConfig) -> dict[str, torch.Tensor]:
     from maskrcnn.modeling import build_model
 
-    torch.manual_seed(cfg.seed)
-    return build_model(cfg.model_config(3, ("__background__", "square", "triangle"))).state_dict()
+    torch.manual_seed(cfg.runtime.seed)
+    names = ("__background__", "square", "triangle")
+    return build_model(cfg.model.model_config(3, names)).state_dict()

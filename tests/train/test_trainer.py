@@ -10,13 +10,16 @@ from pathlib import Path
 
 import pytest
 import torch
-from train_setup import TINY_MODEL, one_thread, tiny_config, write_shapes
+from train_setup import TINY_MODEL, assignments, one_thread, tiny_config, write_shapes
 
 from maskrcnn.cli.train import main as cli_main
 from maskrcnn.data.shapes import ShapesFiles
 from maskrcnn.modeling.mask_rcnn import MaskRCNN
 from maskrcnn.train import checkpoint as ckpt
-from maskrcnn.train.config import TrainConfig, parse_assignment
+from maskrcnn.train.assignments import parse_assignment
+from maskrcnn.train.config import DataConfig, TrainConfig
+from maskrcnn.train.hooks import Hook, LoopState
+from maskrcnn.train.model_spec import ModelSpec
 from maskrcnn.train.trainer import NonFiniteLossError, Trainer, train
 from maskrcnn.weights.native import load_model
 
@@ -41,13 +44,15 @@ def test_loss_falls_on_a_tiny_set(tmp_path: Path) -> None:
     cfg = tiny_config(
         files,
         tmp_path / "run",
-        max_iter=60,
-        warmup_iters=5,
-        lr_steps=(0.75,),
-        clip_grad_norm=10.0,
-        flip_prob=0.0,
-        checkpoint_period=1000,
-        model_overrides=(*TINY_MODEL, "input.min_size=[96]"),
+        {
+            "schedule.max_iter": 60,
+            "schedule.warmup_iters": 5,
+            "schedule.lr_steps": (0.75,),
+            "optim.clip_grad_norm": 10.0,
+            "data.flip_prob": 0.0,
+            "checkpoint.period": 1000,
+            "model.overrides": {**TINY_MODEL, "input.min_size": (96,)},
+        },
     )
     with one_thread():
         result = train(cfg)
@@ -62,7 +67,8 @@ def test_loss_falls_on_a_tiny_set(tmp_path: Path) -> None:
 
 
 def test_time_budget_stops_saves_and_evaluates(tmp_path: Path, shapes: ShapesFiles) -> None:
-    cfg = tiny_config(shapes, tmp_path / "run", val=True, max_minutes=1e-6, max_iter=100)
+    changes = {"runtime.max_minutes": 1e-6, "schedule.max_iter": 100}
+    cfg = tiny_config(shapes, tmp_path / "run", changes, val=True)
     with one_thread():
         result = train(cfg)
     assert result.stop_reason == "time_budget" and result.iteration == 1
@@ -95,7 +101,7 @@ def test_nonfinite_steps_are_skipped_with_a_warning(
     tmp_path: Path, shapes: ShapesFiles, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     _nan_on({3, 4}, monkeypatch)
-    cfg = tiny_config(shapes, tmp_path / "run", max_iter=6)
+    cfg = tiny_config(shapes, tmp_path / "run", {"schedule.max_iter": 6})
     with one_thread(), pytest.warns(RuntimeWarning, match="non-finite loss") as caught:
         result = train(cfg)
     assert len([w for w in caught if "non-finite" in str(w.message)]) == 2
@@ -103,7 +109,7 @@ def test_nonfinite_steps_are_skipped_with_a_warning(
     rows = _rows(tmp_path / "run")
     assert ["loss_total" in r for r in rows] == [True, True, False, False, True, True]
     state = ckpt.load_checkpoint(tmp_path / "run" / "last.ckpt")
-    assert state.counters["skipped_steps"] == 2
+    assert state.counters.skipped_steps == 2
     assert all(torch.isfinite(v).all() for v in state.model.values() if v.is_floating_point())
 
 
@@ -111,7 +117,8 @@ def test_ten_nonfinite_in_a_row_stop_and_keep_the_last_good_checkpoint(
     tmp_path: Path, shapes: ShapesFiles, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     _nan_on(7, monkeypatch)  # steps 7, 8, ... all fail
-    cfg = tiny_config(shapes, tmp_path / "run", max_iter=40, checkpoint_period=5)
+    changes = {"schedule.max_iter": 40, "checkpoint.period": 5}
+    cfg = tiny_config(shapes, tmp_path / "run", changes)
     with one_thread(), pytest.warns(RuntimeWarning), pytest.raises(NonFiniteLossError) as err:
         train(cfg)
     message = str(err.value)
@@ -130,14 +137,16 @@ def test_a_finished_run_is_not_overwritten(tmp_path: Path, shapes: ShapesFiles) 
 
 
 def test_train_config_checks_and_round_trips() -> None:
-    cfg = TrainConfig("a.json", "imgs", batch_size=4, model_overrides=["rpn.nms_thresh=0.6"])
-    assert cfg.lr == pytest.approx(0.005) and cfg.milestones() == (60300, 80100)
+    data = DataConfig("a.json", "imgs", batch_size=4)
+    cfg = TrainConfig(data=data, model=ModelSpec(overrides={"rpn.nms_thresh": 0.6}))
+    assert cfg.lr == pytest.approx(0.005) and cfg.schedule.milestones() == (60300, 80100)
     assert TrainConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
-    assert cfg.with_assignments(["lr_steps=[0.5]", "amp=bf16"]).lr_steps == (0.5,)
+    assert cfg.with_assignments(["lr_steps=[0.5]", "amp=bf16"]).schedule.lr_steps == (0.5,)
     assert parse_assignment("input.min_size=[512, 640]") == ("input.min_size", (512, 640))
     assert parse_assignment("device=cuda:1") == ("device", "cuda:1")
-    model_cfg = cfg.model_config(3, ("__background__", "a", "b"))
+    model_cfg = cfg.model.model_config(3, ("__background__", "a", "b"))
     assert model_cfg.rpn.nms_thresh == 0.6 and model_cfg.num_classes == 3
+    flat = {"train_ann": "a.json", "train_images": "imgs"}  # the layout of earlier versions
     for bad, match in [
         ({"batch_size": 0}, "batch_size"),
         ({"lr_steps": (0.9, 0.5)}, "lr_steps"),
@@ -146,14 +155,14 @@ def test_train_config_checks_and_round_trips() -> None:
         ({"model_overrides": ["nonsense"]}, "key=value"),
     ]:
         with pytest.raises(ValueError, match=match):
-            TrainConfig("a.json", "imgs", **bad)
+            TrainConfig.from_dict({**flat, **bad})
     for item, match in [
         ("input.min_size=512", "expected a list"),
         ("rpn.no_such_field=1", "unknown config key"),
         ("num_classes=5", "set from the dataset"),
     ]:
         with pytest.raises(ValueError, match=match):
-            TrainConfig("a.json", "imgs", model_overrides=[item]).model_config()
+            TrainConfig.from_dict({**flat, "model_overrides": [item]}).model.model_config()
     with pytest.raises(ValueError, match="unknown field 'lr'"):
         cfg.with_assignments(["lr=0.1"])
     with pytest.raises(ValueError, match=r"unknown field\(s\) \['extra'\]"):
@@ -189,15 +198,15 @@ def test_bf16_autocast_and_absolute_lr_from_the_cli(tmp_path: Path, shapes: Shap
         ["train", "--data", str(shapes.train_ann.parent), "--out", str(tmp_path / "run")]
         + ["--preset", "r18_fpn", "--batch-size", "2", "--lr", "0.004", "--amp", "bf16"]
         + ["--max-iter", "3", "--workers", "0", "--device", "cpu", "--no-progress"]
-        + [f"--set={item}" for item in TINY_MODEL]
+        + [f"--set={item}" for item in assignments(TINY_MODEL)]
         + ["--train-set", "warmup_iters=0", "--train-set", "lr_steps=[1.0]"]
     )
     cfg, resuming = build_config(args)
-    cfg = cfg.replace(log_period=1)
-    assert not resuming and cfg.lr == pytest.approx(0.004) and cfg.amp == "bf16"
-    assert cfg.val_ann == str(shapes.val_ann) and cfg.model_overrides == TINY_MODEL
+    cfg = cfg.with_values({"log.period": 1})
+    assert not resuming and cfg.lr == pytest.approx(0.004) and cfg.runtime.precision == "bf16"
+    assert cfg.data.val_ann == str(shapes.val_ann) and cfg.model.overrides == TINY_MODEL
     with one_thread():
-        result = Trainer(cfg.replace(val_ann=None, val_images=None)).run()
+        result = Trainer(cfg.with_values({"data.val_ann": None, "data.val_images": None})).run()
     rows = _rows(tmp_path / "run")
     assert result.skipped_steps == 0 and [r["lr"] for r in rows] == [pytest.approx(0.004)] * 3
     assert all(math.isfinite(r["loss_total"]) for r in rows)
@@ -216,7 +225,8 @@ def test_ctrl_c_saves_and_resume_finishes(
         return real(self, images, targets)
 
     monkeypatch.setattr(MaskRCNN, "losses", losses)
-    cfg = tiny_config(shapes, tmp_path / "run", max_iter=5, checkpoint_period=100)
+    changes = {"schedule.max_iter": 5, "checkpoint.period": 100}
+    cfg = tiny_config(shapes, tmp_path / "run", changes)
     with one_thread():
         first = train(cfg)
         assert first.stop_reason == "interrupted" and first.iteration == 3
@@ -226,3 +236,64 @@ def test_ctrl_c_saves_and_resume_finishes(
     assert second.stop_reason == "max_iter" and second.iteration == 5
     assert [r["iter"] for r in _rows(tmp_path / "run")] == [1, 2, 3, 4, 5]
     assert signal.getsignal(signal.SIGINT) is handler  # restored after each run
+
+
+class _Recorder(Hook):
+    """Records the calls the loop makes, with the step count and the stop reason."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, int, str | None]] = []
+
+    def before_train(self, loop: LoopState) -> None:
+        self.calls.append(("before_train", loop.iteration, loop.stop_reason))
+
+    def before_step(self, loop: LoopState) -> None:
+        self.calls.append(("before_step", loop.iteration, loop.stop_reason))
+
+    def after_step(self, loop: LoopState) -> None:
+        assert loop.outcome is not None and loop.lr > 0
+        self.calls.append(("after_step", loop.iteration, loop.stop_reason))
+
+    def after_train(self, loop: LoopState) -> None:
+        self.calls.append(("after_train", loop.iteration, loop.stop_reason))
+
+
+def test_hooks_are_called_in_the_documented_order(
+    tmp_path: Path, shapes: ShapesFiles, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    changes = {"schedule.max_iter": 2, "checkpoint.period": 100}
+    trainer = Trainer(tiny_config(shapes, tmp_path / "run", changes))
+    recorder = _Recorder()
+    trainer.hooks.append(recorder)
+    with one_thread():
+        result = trainer.run()
+    assert recorder.calls == [
+        ("before_train", 0, None),
+        ("before_step", 0, None),
+        ("after_step", 1, None),
+        ("before_step", 1, None),
+        ("after_step", 2, None),
+        ("after_train", 2, "max_iter"),
+    ]
+    assert result.stop_reason == "max_iter" and trainer.iteration == 2
+    # the default hooks, in their documented order
+    assert [type(h).__name__ for h in trainer.hooks[:-1]] == [
+        "ProgressHook",
+        "NonFiniteHook",
+        "MetricsHook",
+        "CheckpointHook",
+        "EvalHook",
+        "FinalModelHook",
+        "CurvesHook",
+    ]
+
+    _nan_on(1, monkeypatch)  # every step fails: after_train still runs, told why
+    changes = {"schedule.max_iter": 9, "runtime.max_nonfinite": 2}
+    trainer = Trainer(tiny_config(shapes, tmp_path / "nan", changes))
+    recorder = _Recorder()
+    trainer.hooks.append(recorder)
+    with one_thread(), pytest.warns(RuntimeWarning), pytest.raises(NonFiniteLossError):
+        trainer.run()
+    assert recorder.calls[-1] == ("after_train", 2, "nonfinite")
+    assert not (tmp_path / "nan" / "last.ckpt").exists()
+    assert not (tmp_path / "nan" / "model_final.safetensors").exists()
