@@ -204,58 +204,6 @@ def test_make_stage_as_c4_head_matches_torchvision_layer4() -> None:
     assert rel_max_diff(out, ref) <= REL_TOL
 
 
-def test_torchvision_resnet_key() -> None:
-    assert torchvision_resnet_key("conv1.weight") == "stem.conv1.conv.weight"
-    assert torchvision_resnet_key("bn1.running_var") == "stem.conv1.norm.running_var"
-    assert torchvision_resnet_key("layer1.2.conv3.weight") == "res2.2.conv3.conv.weight"
-    assert torchvision_resnet_key("layer3.5.bn2.bias") == "res4.5.conv2.norm.bias"
-    assert torchvision_resnet_key("layer4.0.downsample.0.weight") == "res5.0.shortcut.conv.weight"
-    assert (
-        torchvision_resnet_key("layer2.0.downsample.1.num_batches_tracked")
-        == "res3.0.shortcut.norm.num_batches_tracked"
-    )
-    assert torchvision_resnet_key("fc.weight") is None
-    assert torchvision_resnet_key("fc.bias") is None
-    for bad in ("layer5.0.conv1.weight", "layer1.0.conv1.bias", "avgpool.x", "conv1.bias"):
-        with pytest.raises(ValueError, match="not a torchvision ResNet key"):
-            torchvision_resnet_key(bad)
-
-
-def test_load_handles_num_batches_tracked() -> None:
-    tv_state = tv_resnet.resnet18().state_dict()  # plain BatchNorm2d: has num_batches_tracked
-    assert any(k.endswith("num_batches_tracked") for k in tv_state)
-    frozen = ResNet(BackboneConfig(depth=18, norm="frozen_bn"))
-    load_torchvision_resnet(frozen, tv_state)
-    assert torch.equal(frozen.res3[0].conv1.norm.running_var, tv_state["layer2.0.bn1.running_var"])
-    bn = ResNet(BackboneConfig(depth=18, norm="bn"))
-    tv_state["layer1.0.bn1.num_batches_tracked"].fill_(7)
-    load_torchvision_resnet(bn, tv_state)
-    assert bn.res2[0].conv1.norm.num_batches_tracked.item() == 7
-    with pytest.raises(ValueError, match="running_mean"):  # GN has no statistics
-        load_torchvision_resnet(ResNet(BackboneConfig(depth=18, norm="gn")), tv_state)
-
-
-def test_load_errors_name_the_keys() -> None:
-    with torch.device("meta"):
-        tv_state = tv_resnet.resnet18(norm_layer=torchvision.ops.FrozenBatchNorm2d).state_dict()
-    net = ResNet(BackboneConfig(depth=18))
-    before = net.stem.conv1.conv.weight.clone()
-    state = {k: torch.zeros(v.shape) for k, v in tv_state.items()}
-    del state["layer3.1.bn2.running_mean"]
-    state["layer9.weird"] = torch.zeros(1)
-    state["layer1.0.conv1.weight"] = torch.zeros(64, 64, 1, 1)
-    with pytest.raises(ValueError) as info:
-        load_torchvision_resnet(net, state)
-    message = str(info.value)
-    assert "res4.1.conv2.norm.running_mean" in message
-    assert "layer9.weird" in message
-    assert "res2.0.conv1.conv.weight: (64, 64, 1, 1)" in message
-    assert torch.equal(net.stem.conv1.conv.weight, before)  # nothing loaded
-    # A truncated network is strict too: torchvision's layer4 has nowhere to go.
-    with pytest.raises(ValueError, match=r"layer4\.0\.conv1\.weight"):
-        load_torchvision_resnet(ResNet(BackboneConfig(depth=18), out_features=("res4",)), state)
-
-
 def test_invalid_configs() -> None:
     with pytest.raises(ValueError, match="BasicBlock"):
         ResNet(BackboneConfig(depth=18, groups=32, width_per_group=4))

@@ -157,46 +157,6 @@ def test_invalid_inputs() -> None:
         BackboneWithFPN(bottom_up, fpn)
 
 
-def test_torchvision_fpn_key() -> None:
-    cases = [
-        ("backbone.body.conv1.weight", "backbone.bottom_up.stem.conv1.conv.weight"),
-        (
-            "backbone.body.layer2.3.bn3.running_mean",
-            "backbone.bottom_up.res3.3.conv3.norm.running_mean",
-        ),
-        (
-            "backbone.body.layer1.0.downsample.1.weight",
-            "backbone.bottom_up.res2.0.shortcut.norm.weight",
-        ),
-        ("backbone.fpn.inner_blocks.0.0.weight", "backbone.fpn.lateral_convs.0.conv.weight"),
-        ("backbone.fpn.inner_blocks.3.0.bias", "backbone.fpn.lateral_convs.3.conv.bias"),
-        ("backbone.fpn.layer_blocks.2.0.weight", "backbone.fpn.output_convs.2.conv.weight"),
-        # v2: conv without bias, then BN
-        (
-            "backbone.fpn.inner_blocks.1.1.running_var",
-            "backbone.fpn.lateral_convs.1.norm.running_var",
-        ),
-        (
-            "backbone.fpn.layer_blocks.0.1.num_batches_tracked",
-            "backbone.fpn.output_convs.0.norm.num_batches_tracked",
-        ),
-        # legacy (version < 2) names
-        ("backbone.fpn.inner_blocks.2.weight", "backbone.fpn.lateral_convs.2.conv.weight"),
-        ("backbone.fpn.layer_blocks.3.bias", "backbone.fpn.output_convs.3.conv.bias"),
-    ]
-    for key, expected in cases:
-        assert torchvision_fpn_key(key) == expected, key
-    assert torchvision_fpn_key("backbone.body.fc.weight") is None
-    for bad in (
-        "rpn.head.conv.0.0.weight",
-        "backbone.fpn.inner_blocks.0.0.running_mean",
-        "backbone.fpn.extra.0.weight",
-        "backbone.body.layer1.0.bn4.weight",
-    ):
-        with pytest.raises(ValueError, match="not a torchvision"):
-            torchvision_fpn_key(bad)
-
-
 def test_legacy_names_load_like_current(tv_v1: nn.Module) -> None:
     current = {"backbone." + k: v for k, v in tv_v1.state_dict().items()}
     legacy = {re.sub(r"(_blocks\.\d+)\.0\.", r"\1.", k): v for k, v in current.items()}
