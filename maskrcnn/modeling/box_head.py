@@ -15,7 +15,7 @@ from torch import Tensor, nn
 from torchvision.ops import batched_nms, clip_boxes_to_image, remove_small_boxes
 
 from maskrcnn.config import BoxHeadConfig
-from maskrcnn.modeling.layers import ConvNorm, linear_relu
+from maskrcnn.modeling.layers import conv_stack, linear_relu
 from maskrcnn.ops.boxes import decode_boxes
 
 
@@ -24,11 +24,10 @@ class BoxHead(nn.Module):
 
     def __init__(self, *, cfg: BoxHeadConfig, in_channels: int) -> None:
         super().__init__()
-        convs = []
-        channels = in_channels
-        for _ in range(cfg.num_convs):
-            convs.append(ConvNorm(channels, cfg.conv_dim, kernel_size=3, norm=cfg.conv_norm))
-            channels = cfg.conv_dim
+        convs = conv_stack(
+            in_channels, num_convs=cfg.num_convs, out_channels=cfg.conv_dim, norm=cfg.conv_norm
+        )
+        channels = cfg.conv_dim if convs else in_channels
         for conv in convs:
             nn.init.kaiming_normal_(conv.conv.weight, mode="fan_out", nonlinearity="relu")
             if conv.conv.bias is not None:

@@ -156,6 +156,20 @@ class ConvNorm(nn.Module):
         return weight, bias
 
 
+def conv_stack(
+    in_channels: int, *, num_convs: int, out_channels: int, norm: NormKind
+) -> list[ConvNorm]:
+    """``num_convs`` 3x3 ConvNorms, the first from ``in_channels``, all to ``out_channels``.
+
+    The conv tower of the RPN and RoI heads: [N, in_channels, H, W] -> [N, out_channels, H, W]
+    with the caller's ReLU after each conv. Default-initialised (the caller sets the init).
+    """
+    return [
+        ConvNorm(in_channels if i == 0 else out_channels, out_channels, kernel_size=3, norm=norm)
+        for i in range(num_convs)
+    ]
+
+
 def freeze(module: nn.Module) -> nn.Module:
     """Stops gradients to every parameter of ``module`` and returns it."""
     for p in module.parameters():

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from maskrcnn.config import MaskHeadConfig, MaskLossKind
-from maskrcnn.modeling.layers import ConvNorm
+from maskrcnn.modeling.layers import conv_stack
 
 
 class MaskFCNHead(nn.Module):
@@ -26,11 +26,10 @@ class MaskFCNHead(nn.Module):
 
     def __init__(self, *, cfg: MaskHeadConfig, in_channels: int, num_classes: int) -> None:
         super().__init__()
-        convs = []
-        channels = in_channels
-        for _ in range(cfg.num_convs):
-            convs.append(ConvNorm(channels, cfg.conv_dim, kernel_size=3, norm=cfg.conv_norm))
-            channels = cfg.conv_dim
+        convs = conv_stack(
+            in_channels, num_convs=cfg.num_convs, out_channels=cfg.conv_dim, norm=cfg.conv_norm
+        )
+        channels = cfg.conv_dim if convs else in_channels
         self.convs = nn.ModuleList(convs)
         self.deconv = nn.ConvTranspose2d(channels, cfg.conv_dim, kernel_size=2, stride=2)
         num_mask_classes = 1 if cfg.class_agnostic else num_classes
