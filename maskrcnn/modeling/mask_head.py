@@ -2,9 +2,10 @@
 
 FPN head: four 3x3 convs of 256 on the 14x14 pooled features, a 2x2 stride-2 deconvolution
 to 28x28, and a 1x1 conv to one mask logit map per class (or one, class-agnostic). The
-paper's MLP alternative (Table 2e: fc 1024, fc 1024, fc to 28x28 per class) is a config
-option. Masks are predicted for every class and the detected class's map is read out, which
-decouples mask and class prediction.
+paper's MLP alternative (Table 2e: fc 1024, fc 1024, fc to 28x28 per class) is the other
+kind ``MaskHeadConfig.head_type`` names (:class:`MaskFCNHead`, :class:`MaskMLPHead`). Masks
+are predicted for every class and the detected class's map is read out, which decouples mask
+and class prediction.
 """
 
 from __future__ import annotations
