@@ -13,6 +13,7 @@ from typing import Any, Literal
 
 NormKind = Literal["frozen_bn", "bn", "gn", "none"]
 PoolerKind = Literal["align", "align_max", "warp", "pool"]
+MaskLossKind = Literal["sigmoid", "softmax"]
 ResNetDepth = Literal[18, 34, 50, 101, 152]
 # The project's precision vocabulary (resolved for a device by maskrcnn.modeling.precision).
 Precision = Literal["fp32", "bf16", "fp16", "auto"]
@@ -148,7 +149,7 @@ class MaskHeadConfig:
     conv_dim: int = 256
     conv_norm: NormKind = "none"
     class_agnostic: bool = False
-    loss: Literal["sigmoid", "softmax"] = "sigmoid"
+    loss: MaskLossKind = "sigmoid"
     # How a 28x28 mask is pasted into the image: torchvision's integer-box method (parity),
     # or an unquantised grid-sample paste (default for our own models).
     paste: Literal["torchvision", "grid_sample"] = "grid_sample"

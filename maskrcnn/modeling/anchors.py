@@ -13,6 +13,9 @@ from torch import Tensor, nn
 
 from maskrcnn.config import AnchorConfig
 
+# (padded size, grid size of each level, dtype, device): what the anchors of a batch depend on.
+_CacheKey = tuple[tuple[int, int], tuple[tuple[int, int], ...], torch.dtype, torch.device]
+
 
 def cell_anchors(
     sizes: tuple[float, ...], aspect_ratios: tuple[float, ...], *, round_to_int: bool
@@ -71,7 +74,7 @@ class AnchorGenerator(nn.Module):
             cell_anchors(s, cfg.aspect_ratios, round_to_int=cfg.round_base_anchors)
             for s in cfg.sizes
         ]
-        self._cache: dict[tuple, list[Tensor]] = {}
+        self._cache: dict[_CacheKey, list[Tensor]] = {}
 
     @property
     def num_anchors_per_location(self) -> int:

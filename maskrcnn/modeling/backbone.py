@@ -11,6 +11,8 @@ torchvision's names to these.
 
 from __future__ import annotations
 
+import dataclasses
+from dataclasses import dataclass
 from typing import Literal
 
 import torch.nn.functional as F
@@ -33,96 +35,104 @@ STAGE_NAMES = ("res2", "res3", "res4", "res5")
 STEM_CHANNELS = 64
 
 
-class BasicBlock(nn.Module):
-    """Two 3x3 convs with an identity or 1x1 projection shortcut (ResNet-18/34).
+@dataclass(frozen=True)
+class BlockSpec:
+    """The shape and normalisation of one residual block (:func:`make_stage` documents them).
 
-    The stride, if any, is in ``conv1``. ``bottleneck_channels`` is accepted for a uniform
-    interface with :class:`Bottleneck` and must equal ``out_channels``.
+    ``bottleneck_channels`` is the width of a :class:`Bottleneck`'s inner convs; a
+    :class:`BasicBlock` has none and needs it to equal ``out_channels``.
     """
 
-    def __init__(
+    in_channels: int
+    out_channels: int
+    bottleneck_channels: int
+    stride: int = 1
+    groups: int = 1
+    norm: NormKind = "frozen_bn"
+    eps: float = 1e-5
+    gn_groups: int = 32
+    stride_in_1x1: bool = False
+
+    def conv(
         self,
         in_channels: int,
         out_channels: int,
         *,
-        bottleneck_channels: int,
+        kernel_size: int,
         stride: int = 1,
         groups: int = 1,
-        norm: NormKind = "frozen_bn",
-        eps: float = 1e-5,
-        gn_groups: int = 32,
-        stride_in_1x1: bool = False,
-    ) -> None:
+    ) -> ConvNorm:
+        """A :class:`ConvNorm` with this block's normalisation."""
+        return ConvNorm(
+            in_channels,
+            out_channels,
+            kernel_size=kernel_size,
+            stride=stride,
+            groups=groups,
+            norm=self.norm,
+            eps=self.eps,
+            gn_groups=self.gn_groups,
+        )
+
+    def shortcut(self) -> ConvNorm | None:
+        """A strided 1x1 projection when the shape changes, else ``None`` (identity)."""
+        if self.stride == 1 and self.in_channels == self.out_channels:
+            return None
+        return self.conv(self.in_channels, self.out_channels, kernel_size=1, stride=self.stride)
+
+
+def _add_shortcut(out: Tensor, x: Tensor, shortcut: ConvNorm | None) -> Tensor:
+    """``relu(out + shortcut(x))`` (identity shortcut when None), adding into ``out`` in place.
+
+    out: [N, C_out, H', W'] residual branch; x: [N, C_in, H, W] block input -> [N, C_out, H', W'].
+    """
+    identity = x if shortcut is None else shortcut(x)
+    return F.relu(out.add_(identity), inplace=True)
+
+
+class BasicBlock(nn.Module):
+    """Two 3x3 convs with an identity or 1x1 projection shortcut (ResNet-18/34).
+
+    The stride, if any, is in ``conv1`` (there is no 1x1 conv for ``spec.stride_in_1x1``).
+    """
+
+    def __init__(self, *, spec: BlockSpec) -> None:
         super().__init__()
-        del stride_in_1x1  # there is no 1x1 conv to put the stride in
-        if groups != 1 or bottleneck_channels != out_channels:
+        if spec.groups != 1 or spec.bottleneck_channels != spec.out_channels:
             raise ValueError("BasicBlock supports only groups=1 and width_per_group=64")
-        kw = dict(norm=norm, eps=eps, gn_groups=gn_groups)
-        self.conv1 = ConvNorm(in_channels, out_channels, kernel_size=3, stride=stride, **kw)
-        self.conv2 = ConvNorm(out_channels, out_channels, kernel_size=3, **kw)
-        self.shortcut = _make_shortcut(in_channels, out_channels, stride, **kw)
+        self.conv1 = spec.conv(
+            spec.in_channels, spec.out_channels, kernel_size=3, stride=spec.stride
+        )
+        self.conv2 = spec.conv(spec.out_channels, spec.out_channels, kernel_size=3)
+        self.shortcut = spec.shortcut()
 
     def forward(self, x: Tensor) -> Tensor:
         """x: [N, C_in, H, W] -> [N, C_out, H / stride, W / stride] (rounded up)."""
         out = F.relu(self.conv1(x), inplace=True)
-        out = self.conv2(out)
-        identity = x if self.shortcut is None else self.shortcut(x)
-        return F.relu(out.add_(identity), inplace=True)
+        return _add_shortcut(self.conv2(out), x, self.shortcut)
 
 
 class Bottleneck(nn.Module):
     """1x1 reduce, 3x3 (grouped) and 1x1 expand convs with a shortcut (ResNet-50 and up).
 
-    With ``stride_in_1x1`` the stride sits in ``conv1`` (MSRA / detectron2), otherwise in the
-    3x3 ``conv2`` (torchvision, "ResNet v1.5").
+    With ``spec.stride_in_1x1`` the stride sits in ``conv1`` (MSRA / detectron2), otherwise in
+    the 3x3 ``conv2`` (torchvision, "ResNet v1.5").
     """
 
-    def __init__(
-        self,
-        in_channels: int,
-        out_channels: int,
-        *,
-        bottleneck_channels: int,
-        stride: int = 1,
-        groups: int = 1,
-        norm: NormKind = "frozen_bn",
-        eps: float = 1e-5,
-        gn_groups: int = 32,
-        stride_in_1x1: bool = False,
-    ) -> None:
+    def __init__(self, *, spec: BlockSpec) -> None:
         super().__init__()
-        kw = dict(norm=norm, eps=eps, gn_groups=gn_groups)
-        stride_1x1, stride_3x3 = (stride, 1) if stride_in_1x1 else (1, stride)
-        self.conv1 = ConvNorm(
-            in_channels, bottleneck_channels, kernel_size=1, stride=stride_1x1, **kw
-        )
-        self.conv2 = ConvNorm(
-            bottleneck_channels,
-            bottleneck_channels,
-            kernel_size=3,
-            stride=stride_3x3,
-            groups=groups,
-            **kw,
-        )
-        self.conv3 = ConvNorm(bottleneck_channels, out_channels, kernel_size=1, **kw)
-        self.shortcut = _make_shortcut(in_channels, out_channels, stride, **kw)
+        stride_1x1, stride_3x3 = (spec.stride, 1) if spec.stride_in_1x1 else (1, spec.stride)
+        width = spec.bottleneck_channels
+        self.conv1 = spec.conv(spec.in_channels, width, kernel_size=1, stride=stride_1x1)
+        self.conv2 = spec.conv(width, width, kernel_size=3, stride=stride_3x3, groups=spec.groups)
+        self.conv3 = spec.conv(width, spec.out_channels, kernel_size=1)
+        self.shortcut = spec.shortcut()
 
     def forward(self, x: Tensor) -> Tensor:
         """x: [N, C_in, H, W] -> [N, C_out, H / stride, W / stride] (rounded up)."""
         out = F.relu(self.conv1(x), inplace=True)
         out = F.relu(self.conv2(out), inplace=True)
-        out = self.conv3(out)
-        identity = x if self.shortcut is None else self.shortcut(x)
-        return F.relu(out.add_(identity), inplace=True)
-
-
-def _make_shortcut(
-    in_channels: int, out_channels: int, stride: int, **kw: object
-) -> ConvNorm | None:
-    """A strided 1x1 projection when the shape changes, else ``None`` (identity)."""
-    if stride == 1 and in_channels == out_channels:
-        return None
-    return ConvNorm(in_channels, out_channels, kernel_size=1, stride=stride, **kw)
+        return _add_shortcut(self.conv3(out), x, self.shortcut)
 
 
 def make_stage(
@@ -141,8 +151,8 @@ def make_stage(
 ) -> nn.Sequential:
     """Builds one ResNet stage: ``num_blocks`` residual blocks, the first one strided.
 
-    Block ``b`` is child ``str(b)`` of the returned ``nn.Sequential``. The C4 model uses this
-    to build ``res5`` as its RoI head (on 14x14 RoI features, ``first_stride=2``).
+    Block ``b`` is child ``str(b)`` of the returned ``nn.Sequential``. :func:`resnet_stage`
+    derives these arguments from a :class:`BackboneConfig`.
 
     Args:
         block_kind: "basic" (two 3x3 convs) or "bottleneck" (1x1, 3x3, 1x1).
@@ -163,27 +173,57 @@ def make_stage(
         [N, out_channels, ceil(H / first_stride), ceil(W / first_stride)].
     """
     if block_kind == "basic":
-        block_cls: type[nn.Module] = BasicBlock
+        block_cls: type[BasicBlock | Bottleneck] = BasicBlock
     elif block_kind == "bottleneck":
         block_cls = Bottleneck
     else:
         raise ValueError(f"unknown block kind {block_kind!r}")
-    blocks = []
-    for b in range(num_blocks):
-        blocks.append(
-            block_cls(
-                in_channels if b == 0 else out_channels,
-                out_channels,
-                bottleneck_channels=bottleneck_channels,
-                stride=first_stride if b == 0 else 1,
-                groups=groups,
-                norm=norm,
-                eps=eps,
-                gn_groups=gn_groups,
-                stride_in_1x1=stride_in_1x1,
-            )
-        )
-    return nn.Sequential(*blocks)
+    first = BlockSpec(
+        in_channels=in_channels,
+        out_channels=out_channels,
+        bottleneck_channels=bottleneck_channels,
+        stride=first_stride,
+        groups=groups,
+        norm=norm,
+        eps=eps,
+        gn_groups=gn_groups,
+        stride_in_1x1=stride_in_1x1,
+    )
+    rest = dataclasses.replace(first, in_channels=out_channels, stride=1)
+    return nn.Sequential(*(block_cls(spec=first if b == 0 else rest) for b in range(num_blocks)))
+
+
+def stage_out_channels(cfg: BackboneConfig, index: int) -> int:
+    """Output channels of stage ``STAGE_NAMES[index]``: ``64 * 2**index``, x4 for bottlenecks."""
+    planes: int = 64 * 2**index  # (int ** int is Any to mypy)
+    return planes * 4 if cfg.depth >= 50 else planes
+
+
+def resnet_stage(cfg: BackboneConfig, index: int) -> nn.Sequential:
+    """Stage ``STAGE_NAMES[index]`` (0: res2, ..., 3: res5) of the network ``cfg`` describes.
+
+    The first block has stride 1 in res2 and 2 in the others. The C4 model builds its RoI head
+    this way too: res5 run on the 14x14 pooled res4 features.
+
+    Returns:
+        ``nn.Sequential`` mapping [N, C_in, H, W] (C_in: the stem's 64 for res2, else the
+        previous stage's output channels) to [N, stage_out_channels(cfg, index), ceil(H / s),
+        ceil(W / s)], ``s`` the first block's stride.
+    """
+    planes = 64 * 2**index
+    return make_stage(
+        block_kind="bottleneck" if cfg.depth >= 50 else "basic",
+        num_blocks=STAGE_BLOCKS[cfg.depth][index],
+        in_channels=STEM_CHANNELS if index == 0 else stage_out_channels(cfg, index - 1),
+        bottleneck_channels=int(planes * cfg.width_per_group / 64) * cfg.groups,
+        out_channels=stage_out_channels(cfg, index),
+        first_stride=1 if index == 0 else 2,
+        groups=cfg.groups,
+        norm=cfg.norm,
+        eps=cfg.norm_eps,
+        gn_groups=cfg.gn_groups,
+        stride_in_1x1=cfg.stride_in_1x1,
+    )
 
 
 class Stem(nn.Module):
@@ -228,33 +268,15 @@ class ResNet(nn.Module):
         if unknown or not out_features:
             raise ValueError(f"out_features must be a non-empty subset of {names}, got {unknown}")
         self.out_features = tuple(f for f in names if f in out_features)
-        common = dict(norm=cfg.norm, eps=cfg.norm_eps, gn_groups=cfg.gn_groups)
 
-        self.stem = Stem(**common)
+        self.stem = Stem(norm=cfg.norm, eps=cfg.norm_eps, gn_groups=cfg.gn_groups)
         channels = {"stem": STEM_CHANNELS}
         strides = {"stem": 4}
-        bottleneck = cfg.depth >= 50
-        in_channels = STEM_CHANNELS
         num_stages = names.index(self.out_features[-1])  # 0: stem only
         for i in range(num_stages):
-            planes = 64 * 2**i
-            out_channels = planes * 4 if bottleneck else planes
-            width = int(planes * cfg.width_per_group / 64) * cfg.groups if bottleneck else planes
-            stage = make_stage(
-                block_kind="bottleneck" if bottleneck else "basic",
-                num_blocks=STAGE_BLOCKS[cfg.depth][i],
-                in_channels=in_channels,
-                bottleneck_channels=width,
-                out_channels=out_channels,
-                first_stride=1 if i == 0 else 2,
-                groups=cfg.groups,
-                stride_in_1x1=cfg.stride_in_1x1,
-                **common,
-            )
-            self.add_module(STAGE_NAMES[i], stage)
-            channels[STAGE_NAMES[i]] = out_channels
+            self.add_module(STAGE_NAMES[i], resnet_stage(cfg, i))
+            channels[STAGE_NAMES[i]] = stage_out_channels(cfg, i)
             strides[STAGE_NAMES[i]] = 4 * 2**i
-            in_channels = out_channels
         self.stage_names = STAGE_NAMES[:num_stages]
         self.out_channels = {f: channels[f] for f in self.out_features}
         self.strides = {f: strides[f] for f in self.out_features}

@@ -15,7 +15,7 @@ from torch import Tensor, nn
 from torchvision.ops import batched_nms, clip_boxes_to_image, remove_small_boxes
 
 from maskrcnn.config import BoxHeadConfig
-from maskrcnn.modeling.layers import ConvNorm, linear_relu
+from maskrcnn.modeling.layers import conv_stack, linear_relu
 from maskrcnn.ops.boxes import decode_boxes
 
 
@@ -24,15 +24,15 @@ class BoxHead(nn.Module):
 
     def __init__(self, *, cfg: BoxHeadConfig, in_channels: int) -> None:
         super().__init__()
-        self.convs = nn.ModuleList()
-        channels = in_channels
-        for _ in range(cfg.num_convs):
-            self.convs.append(ConvNorm(channels, cfg.conv_dim, kernel_size=3, norm=cfg.conv_norm))
-            channels = cfg.conv_dim
-        for conv in self.convs:
+        convs = conv_stack(
+            in_channels, num_convs=cfg.num_convs, out_channels=cfg.conv_dim, norm=cfg.conv_norm
+        )
+        channels = cfg.conv_dim if convs else in_channels
+        for conv in convs:
             nn.init.kaiming_normal_(conv.conv.weight, mode="fan_out", nonlinearity="relu")
             if conv.conv.bias is not None:
                 nn.init.zeros_(conv.conv.bias)
+        self.convs = nn.ModuleList(convs)
         size = cfg.pooler.output_size
         features = channels * size * size
         self.fcs = nn.ModuleList()
@@ -47,6 +47,7 @@ class BoxHead(nn.Module):
             x = F.relu(conv(x), inplace=True)
         x = x.flatten(1)
         for fc in self.fcs:
+            assert isinstance(fc, nn.Linear)  # for the type checker: a ModuleList yields Modules
             x = linear_relu(x, fc)
         return x
 
@@ -99,7 +100,9 @@ def detect_boxes(
     scores_all = F.softmax(class_logits, dim=-1)
     counts = [p.shape[0] for p in proposals]
     results = []
-    for boxes, scores, size in zip(boxes_all.split(counts), scores_all.split(counts), image_sizes):
+    for boxes, scores, size in zip(
+        torch.split(boxes_all, counts), torch.split(scores_all, counts), image_sizes
+    ):
         boxes = clip_boxes_to_image(boxes, size)
         labels = torch.arange(num_classes, device=scores.device).expand_as(scores)
         # Drop the background column, then treat every (proposal, class) pair as a candidate.

@@ -4,44 +4,42 @@ from __future__ import annotations
 
 from torch import nn
 
-from maskrcnn.config import ModelConfig
+from maskrcnn.config import BackboneConfig, ModelConfig
 from maskrcnn.modeling.anchors import AnchorGenerator
-from maskrcnn.modeling.backbone import STAGE_BLOCKS, ResNet, make_stage
+from maskrcnn.modeling.backbone import ResNet, resnet_stage
 from maskrcnn.modeling.box_head import BoxHead, BoxPredictor
-from maskrcnn.modeling.fpn import FPN, BackboneWithFPN
+from maskrcnn.modeling.fpn import BackboneWithFPN
 from maskrcnn.modeling.layers import freeze
-from maskrcnn.modeling.mask_head import MaskHead
+from maskrcnn.modeling.mask_head import build_mask_head
 from maskrcnn.modeling.mask_rcnn import MaskRCNN
 from maskrcnn.modeling.poolers import MultiLevelRoIPooler
 from maskrcnn.modeling.preprocess import Preprocessor
-from maskrcnn.modeling.roi_heads import GlobalAvgPool, RoIHeads
+from maskrcnn.modeling.roi_heads import BoxFeatureHead, GlobalAvgPool, RoIHeads
 from maskrcnn.modeling.rpn import RPN, RPNHead
 
 
 def build_model(cfg: ModelConfig) -> MaskRCNN:
     """Builds a Mask R-CNN (FPN or C4 design) in training mode with fresh weights."""
+    backbone: BackboneWithFPN | ResNet
+    rpn_features: tuple[str, ...]
+    roi_features: tuple[str, ...]
     if cfg.head == "fpn":
-        bottom_up = ResNet(cfg.backbone)
-        fpn = FPN(
-            in_channels=bottom_up.out_channels, out_channels=cfg.fpn.out_channels, norm=cfg.fpn.norm
-        )
-        backbone: nn.Module = BackboneWithFPN(bottom_up=bottom_up, fpn=fpn)
+        backbone = BackboneWithFPN.from_config(cfg.backbone, cfg.fpn)
         rpn_features = ("p2", "p3", "p4", "p5", "p6")
         roi_features = ("p2", "p3", "p4", "p5")
-        channels = cfg.fpn.out_channels
-        rpn_strides = tuple(backbone.strides[k] for k in rpn_features)
-        roi_strides = tuple(backbone.strides[k] for k in roi_features)
+        channels = backbone.out_channels
         shared_head = None
         box_in, mask_in = channels, channels
     elif cfg.head == "c4":
         backbone = ResNet(cfg.backbone, out_features=("res4",))
         rpn_features = roi_features = ("res4",)
         channels = backbone.out_channels["res4"]
-        rpn_strides = roi_strides = (backbone.strides["res4"],)
-        shared_head = _res5_head(cfg, in_channels=channels)
+        shared_head = _res5_head(cfg.backbone)
         box_in = mask_in = 2 * channels
     else:
         raise ValueError(f"head: unknown design {cfg.head!r} (choose 'fpn' or 'c4')")
+    rpn_strides = tuple(backbone.strides[k] for k in rpn_features)
+    roi_strides = tuple(backbone.strides[k] for k in roi_features)
 
     anchor_generator = AnchorGenerator(cfg=cfg.anchors, strides=rpn_strides)
     rpn = RPN(
@@ -54,8 +52,9 @@ def build_model(cfg: ModelConfig) -> MaskRCNN:
             norm=cfg.rpn.conv_norm,
         ),
     )
+    box_head: BoxFeatureHead
     if shared_head is None:
-        box_head: nn.Module = BoxHead(cfg=cfg.box_head, in_channels=box_in)
+        box_head = BoxHead(cfg=cfg.box_head, in_channels=box_in)
     else:
         box_head = GlobalAvgPool(box_in)
     roi_heads = RoIHeads(
@@ -63,7 +62,9 @@ def build_model(cfg: ModelConfig) -> MaskRCNN:
         box_head=box_head,
         box_predictor=BoxPredictor(in_features=box_head.out_features, num_classes=cfg.num_classes),
         mask_pooler=MultiLevelRoIPooler(cfg=cfg.mask_head.pooler, strides=roi_strides),
-        mask_head=MaskHead(cfg=cfg.mask_head, in_channels=mask_in, num_classes=cfg.num_classes),
+        mask_head=build_mask_head(
+            cfg=cfg.mask_head, in_channels=mask_in, num_classes=cfg.num_classes
+        ),
         box_cfg=cfg.box_head,
         mask_cfg=cfg.mask_head,
         shared_head=shared_head,
@@ -79,23 +80,9 @@ def build_model(cfg: ModelConfig) -> MaskRCNN:
     )
 
 
-def _res5_head(cfg: ModelConfig, *, in_channels: int) -> nn.Module:
+def _res5_head(cfg: BackboneConfig) -> nn.Sequential:
     """res5 run on 14x14 RoI features (stride 2 in its first block): the C4 shared head."""
-    b = cfg.backbone
-    block_kind = "basic" if b.depth in (18, 34) else "bottleneck"
-    out_channels = 2 * in_channels
-    bottleneck = int(512 * b.width_per_group / 64) * b.groups
-    stage = make_stage(
-        block_kind=block_kind,
-        num_blocks=STAGE_BLOCKS[b.depth][3],
-        in_channels=in_channels,
-        bottleneck_channels=bottleneck,
-        out_channels=out_channels,
-        first_stride=2,
-        groups=b.groups,
-        norm=b.norm,
-        eps=b.norm_eps,
-        gn_groups=b.gn_groups,
-        stride_in_1x1=b.stride_in_1x1,
-    )
-    return freeze(stage) if b.freeze_at >= 5 else stage
+    stage = resnet_stage(cfg, 3)
+    if cfg.freeze_at >= 5:
+        freeze(stage)
+    return stage

@@ -63,11 +63,11 @@ class FPN(nn.Module):
         self.output_convs = nn.ModuleList(
             ConvNorm(out_channels, out_channels, kernel_size=3, norm=norm) for _ in self.in_features
         )
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_uniform_(m.weight, a=1)
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
+        for module in self.modules():
+            if isinstance(module, nn.Conv2d):
+                nn.init.kaiming_uniform_(module.weight, a=1)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
 
     def forward(self, features: dict[str, Tensor]) -> dict[str, Tensor]:
         """Builds the pyramid.
@@ -123,4 +123,5 @@ class BackboneWithFPN(nn.Module):
 
     def forward(self, images: Tensor) -> dict[str, Tensor]:
         """images: [N, 3, H, W] (padded to a multiple of 32) -> ``{p_k: [N, C, H/2^k, W/2^k]}``."""
-        return self.fpn(self.bottom_up(images))
+        pyramid: dict[str, Tensor] = self.fpn(self.bottom_up(images))
+        return pyramid

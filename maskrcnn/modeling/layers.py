@@ -7,6 +7,8 @@ norm kind is one config field. The activation is applied by the caller.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -22,6 +24,11 @@ class FrozenBatchNorm2d(nn.Module):
     ``num_batches_tracked``, as torchvision's and detectron2's do.
     """
 
+    weight: Tensor  # [C]
+    bias: Tensor  # [C]
+    running_mean: Tensor  # [C]
+    running_var: Tensor  # [C]
+
     def __init__(self, num_features: int, *, eps: float = 1e-5) -> None:
         super().__init__()
         self.num_features = num_features
@@ -32,7 +39,14 @@ class FrozenBatchNorm2d(nn.Module):
         self.register_buffer("running_var", torch.ones(num_features))
 
     def _load_from_state_dict(
-        self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, errors
+        self,
+        state_dict: dict[str, Any],
+        prefix: str,
+        local_metadata: dict[str, Any],
+        strict: bool,
+        missing_keys: list[str],
+        unexpected_keys: list[str],
+        errors: list[str],
     ) -> None:
         # Checkpoints saved from a trainable BatchNorm2d carry a counter we have no use for.
         state_dict.pop(prefix + "num_batches_tracked", None)
@@ -109,9 +123,11 @@ class ConvNorm(nn.Module):
         """x: [N, C_in, H, W] -> [N, C_out, H', W']."""
         folded = self.folded_weight_and_bias()
         if folded is None:
-            return self.norm(self.conv(x))
+            out: Tensor = self.norm(self.conv(x))
+            return out
         weight, bias = folded
-        return self.conv._conv_forward(x, weight, bias)
+        out = self.conv._conv_forward(x, weight, bias)
+        return out
 
     def folded_weight_and_bias(self) -> tuple[Tensor, Tensor] | None:
         """Conv weight and bias with an affine norm folded in, or None if the norm is not affine.
@@ -124,7 +140,13 @@ class ConvNorm(nn.Module):
         norm = self.norm
         if isinstance(norm, FrozenBatchNorm2d):
             scale, shift = norm.scale_and_shift()
-        elif isinstance(norm, nn.BatchNorm2d) and not norm.training and norm.track_running_stats:
+        elif (
+            isinstance(norm, nn.BatchNorm2d)
+            and not norm.training
+            and norm.track_running_stats
+            and norm.running_mean is not None
+            and norm.running_var is not None
+        ):
             scale = norm.weight * (norm.running_var + norm.eps).rsqrt()
             shift = norm.bias - norm.running_mean * scale
         else:
@@ -132,6 +154,20 @@ class ConvNorm(nn.Module):
         weight = self.conv.weight * scale.reshape(-1, 1, 1, 1)
         bias = shift if self.conv.bias is None else self.conv.bias * scale + shift
         return weight, bias
+
+
+def conv_stack(
+    in_channels: int, *, num_convs: int, out_channels: int, norm: NormKind
+) -> list[ConvNorm]:
+    """``num_convs`` 3x3 ConvNorms, the first from ``in_channels``, all to ``out_channels``.
+
+    The conv tower of the RPN and RoI heads: [N, in_channels, H, W] -> [N, out_channels, H, W]
+    with the caller's ReLU after each conv. Default-initialised (the caller sets the init).
+    """
+    return [
+        ConvNorm(in_channels if i == 0 else out_channels, out_channels, kernel_size=3, norm=norm)
+        for i in range(num_convs)
+    ]
 
 
 def freeze(module: nn.Module) -> nn.Module:
@@ -157,7 +193,8 @@ def linear_relu(x: Tensor, fc: nn.Linear) -> Tensor:
         and fc.weight.dtype == torch.float32
         and not torch.is_grad_enabled()
         and not torch.is_autocast_enabled("cpu")
-        and torch.backends.mkldnn.is_available()
+        and torch.backends.mkldnn.is_available()  # type: ignore[no-untyped-call]
     ):
-        return fused(x, fc.weight, fc.bias, "relu", [], "")
+        out: Tensor = fused(x, fc.weight, fc.bias, "relu", [], "")
+        return out
     return F.relu(fc(x), inplace=True)

@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from maskrcnn.config import MaskLossKind
+
 
 def smooth_l1(input: Tensor, target: Tensor, beta: float) -> Tensor:
     """Summed smooth-L1 (Huber with slope 1); plain L1 when ``beta`` is 0."""
@@ -81,7 +83,7 @@ def fast_rcnn_losses(
 
 
 def mask_loss(
-    mask_logits: Tensor, labels: Tensor, mask_targets: Tensor, *, kind: str = "sigmoid"
+    mask_logits: Tensor, labels: Tensor, mask_targets: Tensor, *, kind: MaskLossKind = "sigmoid"
 ) -> Tensor:
     """The mask loss on foreground RoIs.
 

@@ -37,6 +37,9 @@ def resize_image(image: Tensor, min_size: int, max_size: int) -> Tensor:
 class Preprocessor(nn.Module):
     """Normalises, resizes and batches images: image frame -> network frame."""
 
+    pixel_mean: Tensor  # [3], in the scaled space and channel order of the weights
+    pixel_std: Tensor  # [3]
+
     def __init__(self, *, cfg: InputConfig) -> None:
         super().__init__()
         self.cfg = cfg

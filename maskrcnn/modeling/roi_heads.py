@@ -13,7 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from maskrcnn.config import BoxHeadConfig, MaskHeadConfig
-from maskrcnn.modeling.box_head import BoxPredictor, detect_boxes
+from maskrcnn.modeling.box_head import BoxHead, BoxPredictor, detect_boxes
 from maskrcnn.modeling.losses import fast_rcnn_losses, mask_loss
 from maskrcnn.modeling.mask_head import MaskHead, mask_probs_for_labels
 from maskrcnn.modeling.poolers import MultiLevelRoIPooler
@@ -30,7 +30,12 @@ class GlobalAvgPool(nn.Module):
         self.out_features = channels
 
     def forward(self, x: Tensor) -> Tensor:
+        """x: [K, C, H, W] -> [K, C]."""
         return x.mean(dim=(2, 3))
+
+
+# What turns pooled box features into [K, F] vectors: the FC head (FPN) or the average (C4).
+BoxFeatureHead = BoxHead | GlobalAvgPool
 
 
 class RoIHeads(nn.Module):
@@ -38,7 +43,7 @@ class RoIHeads(nn.Module):
 
     Args (keyword-only):
         box_pooler / mask_pooler: multi-level RoI pooling for each branch.
-        box_head: pooled features -> [K, F] (``out_features`` attribute gives F).
+        box_head: pooled features -> [K, F] (its ``out_features`` is F).
         box_predictor: [K, F] -> class logits and box deltas.
         mask_head: pooled features -> mask logits.
         box_cfg / mask_cfg: the branches' settings (thresholds, mask loss kind).
@@ -49,7 +54,7 @@ class RoIHeads(nn.Module):
         self,
         *,
         box_pooler: MultiLevelRoIPooler,
-        box_head: nn.Module,
+        box_head: BoxFeatureHead,
         box_predictor: BoxPredictor,
         mask_pooler: MultiLevelRoIPooler,
         mask_head: MaskHead,
@@ -103,7 +108,7 @@ class RoIHeads(nn.Module):
             pooled = self.mask_cfg.pooler.output_size
             size = pooled if self.shared_head is not None else 2 * pooled
             mask_probs = features[0].new_zeros((0, 1, size, size))
-        per_image = mask_probs.split([len(b) for b in detected_boxes])
+        per_image = torch.split(mask_probs, [len(b) for b in detected_boxes])
         return [
             Instances(image_size=size, boxes=d.boxes, labels=d.labels, scores=d.scores, masks=m)
             for d, m, size in zip(detections, per_image, image_sizes)

@@ -16,7 +16,7 @@ from torchvision.ops import batched_nms, clip_boxes_to_image, remove_small_boxes
 
 from maskrcnn.config import NormKind, RPNConfig
 from maskrcnn.modeling.anchors import AnchorGenerator
-from maskrcnn.modeling.layers import ConvNorm
+from maskrcnn.modeling.layers import conv_stack
 from maskrcnn.modeling.losses import rpn_losses
 from maskrcnn.modeling.sampling import label_anchors, sample_balanced
 from maskrcnn.ops.boxes import decode_boxes, encode_boxes
@@ -31,7 +31,7 @@ class RPNHead(nn.Module):
     ) -> None:
         super().__init__()
         self.convs = nn.ModuleList(
-            ConvNorm(in_channels, in_channels, kernel_size=3, norm=norm) for _ in range(num_convs)
+            conv_stack(in_channels, num_convs=num_convs, out_channels=in_channels, norm=norm)
         )
         self.objectness_logits = nn.Conv2d(in_channels, num_anchors, kernel_size=1)
         self.anchor_deltas = nn.Conv2d(in_channels, num_anchors * 4, kernel_size=1)
