@@ -13,7 +13,6 @@ import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import nn
@@ -97,7 +96,7 @@ class TrainRun:
     train_model: nn.Module
     optimizer: torch.optim.Optimizer
     scheduler: WarmupMultiStepLR
-    scaler: Any
+    scaler: torch.amp.GradScaler | None
     data: TrainData
     metrics: MetricsWriter
     start: StartPoint
