@@ -13,7 +13,6 @@ import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import nn
@@ -23,7 +22,7 @@ from maskrcnn.data.categories import CategoryMap
 from maskrcnn.data.coco import CocoDataset
 from maskrcnn.data.loader import build_train_loader
 from maskrcnn.data.transforms import train_transforms
-from maskrcnn.modeling import build_model
+from maskrcnn.modeling import MaskRCNN, build_model
 from maskrcnn.modeling.precision import ResolvedPrecision, resolve_precision
 from maskrcnn.train import checkpoint as ckpt
 from maskrcnn.train import state as run_state
@@ -93,11 +92,11 @@ class TrainRun:
     val_set: CocoDataset | None
     categories: CategoryMap
     model_cfg: ModelConfig
-    model: nn.Module
+    model: MaskRCNN
     train_model: nn.Module
     optimizer: torch.optim.Optimizer
     scheduler: WarmupMultiStepLR
-    scaler: Any
+    scaler: torch.amp.GradScaler | None
     data: TrainData
     metrics: MetricsWriter
     start: StartPoint

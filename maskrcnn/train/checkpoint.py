@@ -30,7 +30,7 @@ import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -38,6 +38,9 @@ from torch import nn
 from maskrcnn.config import ModelConfig
 from maskrcnn.train.resumable_data import DataPosition
 from maskrcnn.train.rng import RngState
+
+if TYPE_CHECKING:
+    from maskrcnn.modeling import MaskRCNN
 
 FORMAT = "maskrcnn-train/2"
 READABLE_FORMATS = ("maskrcnn-train/1", FORMAT)  # 1: flat train_config
@@ -262,7 +265,11 @@ def load_checkpoint(path: str | Path) -> TrainingState:
 # The deployable model
 
 
-def export_model(model: nn.Module, path: str | Path, cfg: ModelConfig | None = None) -> Path:
+def export_model(
+    model: MaskRCNN | nn.parallel.DistributedDataParallel,
+    path: str | Path,
+    cfg: ModelConfig | None = None,
+) -> Path:
     """Writes the final model as ``.safetensors`` with its configuration (category names in it).
 
     Args:
@@ -274,7 +281,11 @@ def export_model(model: nn.Module, path: str | Path, cfg: ModelConfig | None = N
     """
     from maskrcnn.weights.native import save_model
 
-    inner = getattr(model, "module", model)
+    inner: MaskRCNN
+    if isinstance(model, nn.parallel.DistributedDataParallel):
+        inner = model.module
+    else:
+        inner = model
     if cfg is not None and cfg != inner.cfg:
         previous = inner.cfg
         inner.cfg = cfg

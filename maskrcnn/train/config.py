@@ -369,7 +369,7 @@ class TrainConfig:
             value = getattr(self, f.name)
             if isinstance(value, ModelSpec):
                 out[f.name] = value.to_dict()
-            elif dataclasses.is_dataclass(value):
+            elif dataclasses.is_dataclass(value) and not isinstance(value, type):
                 out[f.name] = {k: listed(v) for k, v in dataclasses.asdict(value).items()}
             else:
                 out[f.name] = value

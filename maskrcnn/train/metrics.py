@@ -5,9 +5,21 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from torch.utils.tensorboard import SummaryWriter
 
 METRICS_FILE = "metrics.jsonl"
+
+
+def _tensorboard_writer(log_dir: Path) -> SummaryWriter | None:
+    """A TensorBoard event writer into ``log_dir``, or None when TensorBoard is not installed."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except Exception:  # tensorboard is optional (ImportError without it)
+        return None
+    return SummaryWriter(log_dir=str(log_dir))
 
 
 class MetricsWriter:
@@ -22,14 +34,9 @@ class MetricsWriter:
     def __init__(self, run_dir: Path, *, enabled: bool, tensorboard: bool = True) -> None:
         self.path = run_dir / METRICS_FILE
         self.enabled = enabled
-        self._tb: Any = None
+        self._tb: SummaryWriter | None = None
         if enabled and tensorboard:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-            except Exception:  # tensorboard is optional (ImportError without it)
-                SummaryWriter = None  # noqa: N806
-            if SummaryWriter is not None:
-                self._tb = SummaryWriter(log_dir=str(run_dir / "tensorboard"))
+            self._tb = _tensorboard_writer(run_dir / "tensorboard")
 
     def truncate_after(self, iteration: int) -> None:
         """Drops lines of steps after ``iteration`` (written by a run that was then killed)."""

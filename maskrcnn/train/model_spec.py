@@ -87,6 +87,7 @@ class ModelSpec:
 
 
 def _checked_overrides(name: str, overrides: Any) -> dict[str, Any]:
+    pairs: list[tuple[Any, ...]] | None
     if isinstance(overrides, Mapping):
         pairs = list(overrides.items())
     else:

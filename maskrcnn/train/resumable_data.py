@@ -13,6 +13,8 @@ from typing import Any
 
 from torch.utils.data import DataLoader, Sampler
 
+from maskrcnn.data.coco import Sample
+
 
 @dataclass(frozen=True)
 class DataPosition:
@@ -72,7 +74,9 @@ class ResumableBatches(Sampler[list[Any]]):
         yield from batches
 
 
-def resumable_loader(loader: DataLoader) -> tuple[DataLoader, ResumableBatches]:
+def resumable_loader(
+    loader: DataLoader[Sample],
+) -> tuple[DataLoader[Sample], ResumableBatches]:
     """The same loader (dataset, workers, collate, seeding) over a :class:`ResumableBatches`."""
     batches = ResumableBatches(loader.batch_sampler)
     workers = loader.num_workers
@@ -95,7 +99,7 @@ def resumable_loader(loader: DataLoader) -> tuple[DataLoader, ResumableBatches]:
 class TrainData:
     """Batches epoch after epoch; the position (epoch, batch within it) is the data state."""
 
-    def __init__(self, loader: DataLoader, *, epoch: int = 0, batch: int = 0) -> None:
+    def __init__(self, loader: DataLoader[Sample], *, epoch: int = 0, batch: int = 0) -> None:
         self.loader, self.batches = resumable_loader(loader)
         self.epoch = epoch
         self.batch = batch

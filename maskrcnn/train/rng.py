@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import Tensor
 
 
 @dataclass(frozen=True, eq=False)
@@ -29,7 +30,7 @@ class NumpyRngState:
     """
 
     kind: str
-    keys: torch.Tensor
+    keys: Tensor
     pos: int
     has_gauss: int
     cached_gaussian: float
@@ -48,8 +49,8 @@ class RngState:
 
     python: tuple[int, tuple[int, ...], float | None]
     numpy: NumpyRngState
-    torch: torch.Tensor
-    cuda: tuple[torch.Tensor, ...] = field(default_factory=tuple)
+    torch: Tensor  # the field shadows the module in the class body: hence `Tensor`
+    cuda: tuple[Tensor, ...] = field(default_factory=tuple)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain containers for ``torch.save`` (loadable with ``weights_only=True``)."""

@@ -25,7 +25,8 @@ def parameter_groups(
     With ``no_decay_norm_bias``, 1-D parameters (biases and normalisation scales/shifts) get
     no weight decay. Frozen parameters (``requires_grad=False``) are left out.
     """
-    decay, no_decay = [], []
+    decay: list[nn.Parameter] = []
+    no_decay: list[nn.Parameter] = []
     for _, param in model.named_parameters():
         if not param.requires_grad:
             continue

@@ -11,6 +11,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
 from maskrcnn.config import ModelConfig
@@ -19,6 +20,7 @@ from maskrcnn.train import checkpoint as ckpt
 from maskrcnn.train.config import TrainConfig
 from maskrcnn.train.resumable_data import TrainData
 from maskrcnn.train.rng import restore_rng
+from maskrcnn.train.schedule import WarmupMultiStepLR
 
 logger = logging.getLogger("maskrcnn.train")
 
@@ -80,9 +82,9 @@ def restore(
     state: ckpt.TrainingState,
     *,
     model: nn.Module,
-    optimizer: Any,
-    scheduler: Any,
-    scaler: Any,
+    optimizer: torch.optim.Optimizer,
+    scheduler: WarmupMultiStepLR,
+    scaler: torch.amp.GradScaler | None,
     data: TrainData,
     rank: int,
 ) -> None:

@@ -61,7 +61,7 @@ class StepRunner:
         device: torch.device,
         info: DistInfo,
         precision: ResolvedPrecision = "fp32",
-        scaler: Any = None,
+        scaler: torch.amp.GradScaler | None = None,
         clip_grad_norm: float | None = None,
     ) -> None:
         self.model = model

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-
-from torch import nn
+from typing import TYPE_CHECKING
 
 from maskrcnn.train.checkpoint import export_model
 from maskrcnn.train.hooks.base import Hook, LoopState
+
+if TYPE_CHECKING:
+    from maskrcnn.modeling import MaskRCNN
 
 logger = logging.getLogger("maskrcnn.train")
 
@@ -28,7 +30,7 @@ class FinalModelHook(Hook):
         written: the file written (None until then).
     """
 
-    def __init__(self, model: nn.Module, path: Path, *, enabled: bool) -> None:
+    def __init__(self, model: MaskRCNN, path: Path, *, enabled: bool) -> None:
         self.model = model
         self.path = path
         self.enabled = enabled
