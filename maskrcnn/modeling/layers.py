@@ -147,7 +147,7 @@ def linear_relu(x: Tensor, fc: nn.Linear) -> Tensor:
     PyTorch's fp32 ``F.linear`` on CPU goes to the BLAS library, which on some CPUs (AMD with
     MKL) runs at half of oneDNN's rate; the box head's 12544 x 1024 layer is the largest
     matrix product of the model. The oneDNN op has no autograd, so it is used only when no
-    gradient is recorded and autocast is off.
+    gradient is recorded and autocast is off, and not while tracing (ONNX export).
     """
     fused = getattr(torch.ops.mkldnn, "_linear_pointwise", None)
     if (
@@ -156,6 +156,7 @@ def linear_relu(x: Tensor, fc: nn.Linear) -> Tensor:
         and x.dtype == torch.float32
         and fc.weight.dtype == torch.float32
         and not torch.is_grad_enabled()
+        and not torch.jit.is_tracing()  # no ONNX form: exporting traces the plain linear
         and not torch.is_autocast_enabled("cpu")
         and torch.backends.mkldnn.is_available()
     ):
