@@ -1,7 +1,7 @@
 """The ``eval`` and ``predict`` commands, added to the main parser by :func:`add_eval_commands`.
 
 maskrcnn eval --weights W --ann J --images DIR [--out DIR] [--max-images N]
-maskrcnn predict IMAGES... --weights W --out DIR [--score-thresh 0.5]
+maskrcnn predict IMAGES... (--weights W | --onnx model.onnx) --out DIR [--score-thresh 0.5]
 """
 
 from __future__ import annotations
@@ -62,7 +62,14 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     from maskrcnn.evaluation.predict import predict_folder
 
     try:
-        model = load_weights(args.weights)
+        if (args.weights is None) == (args.onnx is None):
+            raise ValueError("give --weights (the model) or --onnx (an exported graph)")
+        if args.onnx is not None:
+            from maskrcnn.export.onnx_runtime import OnnxMaskRCNN
+
+            model = OnnxMaskRCNN(args.onnx)
+        else:
+            model = load_weights(args.weights)
         predict_folder(
             model,
             args.images,
@@ -88,7 +95,10 @@ def add_eval_commands(subparsers: Any) -> None:
 
     pr = subparsers.add_parser("predict", help="detect and segment instances in images")
     pr.add_argument("images", nargs="+", help="image files or folders")
-    pr.add_argument("--weights", required=True, help="model file (.safetensors) or name")
+    pr.add_argument("--weights", default=None, help="model file (.safetensors) or name")
+    pr.add_argument(
+        "--onnx", default=None, help="an exported graph (maskrcnn export) instead of --weights"
+    )
     pr.add_argument("--out", required=True, help="output folder")
     pr.add_argument("--score-thresh", type=float, default=0.5, help="minimum score drawn/kept")
     pr.add_argument("--batch-size", type=int, default=1, help="images per forward pass")

@@ -276,7 +276,8 @@ class ExportableMaskRCNN(nn.Module):
             class in each box's frame (M = 28 for the standard heads). D may be 0.
         """
         padded, image_hw, input_hw = self.preprocess(image)
-        feature_maps = self.backbone(padded)
+        # Channels-last as in model.detect: faster convolutions while tracing (no ONNX node).
+        feature_maps = self.backbone(padded.contiguous(memory_format=torch.channels_last))
         padded_hw = shape_of(padded)[2:4]
         proposals = self.proposals(
             [feature_maps[k] for k in self.rpn_features], padded_hw, image_hw

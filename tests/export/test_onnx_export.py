@@ -92,9 +92,9 @@ def test_torchvision_weights_model_matches_eager(tmp_path):
         min_size=128,
         max_size=192,
         rpn_pre_nms_top_n_test=200,
-        rpn_post_nms_top_n_test=100,
+        rpn_post_nms_top_n_test=60,
         box_score_thresh=0.07,
-        box_detections_per_img=100,
+        box_detections_per_img=25,
     )
     del tv
     path = export_onnx(model, tmp_path / "tv.onnx", input_dtype="float32", example_size=(96, 128))
@@ -119,7 +119,7 @@ def test_torchvision_weights_model_matches_eager(tmp_path):
             eager,
             runtime.run(image),
             score_thresh=0.07,
-            max_detections=100,
+            max_detections=25,
             paste=model.cfg.mask_head.paste,
         )
         assert parity.num_matched > 0
@@ -138,3 +138,26 @@ def test_unexportable_models_are_refused(tmp_path):
         export_onnx(build_model(cfg).eval(), tmp_path / "m.onnx", opset=13)
     with pytest.raises(ValueError, match="input_dtype"):
         export_onnx(build_model(cfg).eval(), tmp_path / "m.onnx", input_dtype="float16")
+
+
+def test_c4_model_matches_eager(tmp_path):
+    cfg = preset("r50_c4", num_classes=3)
+    cfg = cfg.replace(
+        backbone=dataclasses.replace(cfg.backbone, depth=18),
+        input=dataclasses.replace(cfg.input, min_size=(128,), max_size=192),
+        rpn=dataclasses.replace(cfg.rpn, pre_nms_topk_test=200, post_nms_topk_test=50),
+        box_head=dataclasses.replace(cfg.box_head, detections_per_image=20),
+    )
+    model = randomize_(build_model(cfg), seed=0).eval()
+    path = export_onnx(model, tmp_path / "c4.onnx", example_size=(96, 128))
+    image = textured_image(101, 155, seed=3)
+    eager = _eager(model, image)
+    assert len(eager) > 0
+    parity = compare_detections(
+        eager,
+        OnnxMaskRCNN(path, threads=2).run(image),
+        score_thresh=cfg.box_head.score_thresh,
+        max_detections=cfg.box_head.detections_per_image,
+        paste=cfg.mask_head.paste,
+    )
+    assert parity.num_matched > 0
