@@ -16,6 +16,7 @@ from maskrcnn.cli.demo import add_demo_command
 from maskrcnn.cli.evaluate import add_eval_commands
 from maskrcnn.cli.explain import add_explain_command
 from maskrcnn.cli.export import add_export_command
+from maskrcnn.cli.serve import add_serve_command
 from maskrcnn.cli.train import add_train_command
 
 
@@ -33,6 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_eval_commands(sub)
     add_train_command(sub)
     add_export_command(sub)
+    add_serve_command(sub)
     return parser
 
 
