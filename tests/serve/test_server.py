@@ -3,20 +3,12 @@
 from __future__ import annotations
 
 import json
-import socket
-import threading
-import time
 import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from email.message import Message
 
-import pytest
-import uvicorn
 from serve_checks import assert_records_match, expected_records
-
-from maskrcnn.serve.app import ServeLimits, create_app
-from maskrcnn.serve.predictor import Predictor
 
 BURST = 12  # requests sent at once, to 127.0.0.1 only
 
@@ -27,29 +19,6 @@ def _rss_mb() -> float:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) / 1024
     return 0.0
-
-
-@pytest.fixture
-def server(tiny_model):
-    """Starts the app in a thread; yields (base URL, the app's limits); stops it."""
-    limits = ServeLimits(max_pending=4)
-    app = create_app(Predictor(model=tiny_model, name="tiny"), limits=limits)
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    config = uvicorn.Config(app, log_level="warning", limit_concurrency=32)
-    srv = uvicorn.Server(config)
-    thread = threading.Thread(target=srv.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not srv.started:
-        assert time.monotonic() < deadline, "the server did not start"
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}", limits
-    srv.should_exit = True
-    thread.join(30)
-    sock.close()
 
 
 def _post(url: str, data: bytes) -> tuple[int, Message, dict]:
