@@ -16,6 +16,7 @@ onnxruntime's CPU provider runs it with no custom op library. The model configur
 
 from __future__ import annotations
 
+import copy
 import json
 import warnings
 from pathlib import Path
@@ -42,7 +43,8 @@ def export_onnx(
     """Writes ``model`` (a :class:`~maskrcnn.modeling.MaskRCNN`) as an ONNX file.
 
     Exported in fp32 and eval mode, whatever the model's ``precision`` (the model's mode is
-    restored afterwards). The example image only drives the tracing: the graph takes any size.
+    restored afterwards), and traced on the CPU (a model elsewhere is copied there). The
+    example image only drives the tracing: the graph takes any size.
 
     Args:
         model: the model (FPN or C4, RoIAlign poolers).
@@ -63,8 +65,9 @@ def export_onnx(
         raise ValueError(f"opset {opset}: RoiAlign's coordinate_transformation_mode needs >= 16")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    if next(model.parameters()).device.type != "cpu":
+        model = copy.deepcopy(model).cpu()  # traced on the CPU; the caller's model stays put
     graph = ExportableMaskRCNN(model=model, input_dtype=input_dtype).eval()
-    device = next(model.parameters()).device
     gen = torch.Generator().manual_seed(0)
     if input_dtype == "uint8":
         example = torch.randint(0, 256, (3, *example_size), dtype=torch.uint8, generator=gen)
@@ -80,7 +83,7 @@ def export_onnx(
             warnings.simplefilter("ignore")
             torch.onnx.export(
                 graph,
-                (example.to(device),),
+                (example,),
                 str(path),
                 dynamo=False,
                 opset_version=opset,
