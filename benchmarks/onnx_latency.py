@@ -42,7 +42,10 @@ def main() -> None:
     reference = randomize_(maskrcnn_resnet50_fpn(weights=None, weights_backbone=None, **kwargs))
     fp32 = from_torchvision(reference.state_dict(), "v1", norm_eps=1e-5, **kwargs)
     bf16 = from_torchvision(reference.state_dict(), "v1", norm_eps=1e-5, **kwargs)
-    bf16.precision = "bf16"
+    if hasattr(bf16, "set_precision"):  # the precision lives in the config
+        bf16.set_precision("bf16")
+    else:
+        bf16.precision = "bf16"
     del reference
     image = torch.rand(3, 480, 640, generator=torch.Generator().manual_seed(1))
 

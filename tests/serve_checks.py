@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import io
+import warnings
 
 import numpy as np
+import pycocotools.mask as mask_util
 import torch
 from PIL import Image
 
@@ -17,6 +19,13 @@ def png_bytes(image: torch.Tensor) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(array).save(buffer, format="PNG")
     return buffer.getvalue()
+
+
+def rle_to_mask(rle: dict) -> np.ndarray:
+    """A COCO compressed RLE (``counts`` a str, as the server sends it) -> [H, W] bool."""
+    with warnings.catch_warnings():  # pycocotools' decode warns under numpy 2 (copy keyword)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return mask_util.decode({"size": rle["size"], "counts": rle["counts"].encode()}) > 0
 
 
 def expected_records(model, image: torch.Tensor, score_thresh: float) -> list[dict]:

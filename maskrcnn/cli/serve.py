@@ -42,14 +42,13 @@ def _cmd_serve(args: argparse.Namespace) -> int:
             from maskrcnn.cli.evaluate import load_weights
 
             model, name = load_weights(args.weights), str(args.weights)
-            model.precision = args.precision
         predictor = Predictor(model=model, name=name)
         limits = ServeLimits(
             max_upload_bytes=int(args.max_upload_mb * 2**20),
             max_pending=args.max_pending,
             default_score_thresh=args.score_thresh,
         )
-        # A first run before the first user (and a bad --precision fails here, not later).
+        # A first run before the first user: slow first-call set-up is not theirs to wait for.
         predictor.predict(torch.zeros(3, 64, 64), score_thresh=1.0)
     except (FileNotFoundError, ValueError) as err:
         raise SystemExit(f"maskrcnn serve: {err}") from err
@@ -73,12 +72,6 @@ def add_serve_command(subparsers: Any) -> None:
     sv.add_argument("--onnx", default=None, help="an exported graph instead of --weights")
     sv.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback)")
     sv.add_argument("--port", type=int, default=8000, help="port (default 8000)")
-    sv.add_argument(
-        "--precision",
-        choices=("fp32", "bf16", "fp16", "auto"),
-        default="fp32",
-        help="inference precision of --weights models (default fp32)",
-    )
     sv.add_argument(
         "--score-thresh", type=float, default=0.5, help="default score threshold of /predict"
     )

@@ -155,9 +155,7 @@ def predict_folder(
     """Detects instances in image files; writes overlays and ``predictions.json``.
 
     Args:
-        model: a :class:`~maskrcnn.modeling.MaskRCNN` (put in eval mode), or an exported
-            graph (:class:`~maskrcnn.export.onnx_runtime.OnnxMaskRCNN`): anything with
-            ``cfg`` and ``detect(images, paste_masks=False)``.
+        model: a :class:`~maskrcnn.modeling.MaskRCNN` (put in eval mode).
         inputs: image files and/or folders of images.
         out_dir: receives ``<stem>.png`` overlays and ``predictions.json`` (one record per
             image: file, height, width, boxes xyxy, scores, labels, categories, masks as COCO
@@ -178,9 +176,8 @@ def predict_folder(
         raise ValueError(f"no images found in {[str(p) for p in inputs]}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    # A torch model, or an exported graph on onnxruntime (OnnxMaskRCNN: CPU, no modes).
-    is_module = isinstance(model, torch.nn.Module)
-    device = next(model.parameters()).device if is_module else torch.device("cpu")
+    # An exported graph (maskrcnn.export.OnnxMaskRCNN) runs on the CPU and has no parameters.
+    device = next(model.parameters()).device if isinstance(model, torch.nn.Module) else "cpu"
     mask_cfg = model.cfg.mask_head
     loader = DataLoader(
         _ImageFiles(paths),
@@ -193,9 +190,8 @@ def predict_folder(
     overlays: list[Path] = []
     used: set[str] = set()
     start = time.perf_counter()
-    was_training = is_module and model.training
-    if is_module:
-        model.eval()
+    was_training = model.training
+    model.eval()
     try:
         with tqdm(total=len(paths), desc="predict", unit="img", disable=not progress) as bar:
             for batch in loader:
@@ -219,8 +215,7 @@ def predict_folder(
                     overlays.append(target)
                 bar.update(len(batch))
     finally:
-        if is_module:
-            model.train(was_training)
+        model.train(was_training)
     json_path = out / "predictions.json"
     json_path.write_text(json.dumps(records) + "\n")
     seconds = time.perf_counter() - start

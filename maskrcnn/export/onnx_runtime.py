@@ -42,6 +42,7 @@ class OnnxMaskRCNN:
     """
 
     precision = "fp32"
+    training = False  # inference only; eval()/train(False) are accepted like a module's
 
     def __init__(
         self,
@@ -67,6 +68,16 @@ class OnnxMaskRCNN:
             raise ValueError(f"{self.path}: not a maskrcnn ONNX file (no {FORMAT!r} metadata)")
         self.cfg = ModelConfig.from_dict(json.loads(metadata["config"]))
         self.input_dtype = metadata.get("input_dtype", "uint8")
+
+    def eval(self) -> OnnxMaskRCNN:
+        """No-op (the graph is always in inference mode), so it fits code written for models."""
+        return self
+
+    def train(self, mode: bool = True) -> OnnxMaskRCNN:
+        """No-op for ``mode=False``; an exported graph cannot be put in training mode."""
+        if mode:
+            raise ValueError("an exported ONNX graph runs inference only; it cannot train")
+        return self
 
     def _input_array(self, image: Tensor) -> np.ndarray:
         """[3, H, W] uint8 or float in [0, 1] -> the graph's input array."""

@@ -146,7 +146,9 @@ class Predictor:
 
     @property
     def precision(self) -> str:
-        return str(getattr(self.model, "precision", "fp32"))
+        """The model's inference precision setting (an exported graph: fp32)."""
+        setting = getattr(self.cfg, "precision", None) or getattr(self.model, "precision", None)
+        return str(setting or "fp32")
 
     def metadata(self) -> dict[str, Any]:
         """Classes, model, backend, precision and input settings (``GET /metadata``)."""

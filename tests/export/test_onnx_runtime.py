@@ -8,14 +8,14 @@ import numpy as np
 import pytest
 from onnx_parity import BOX_ATOL, MASK_MIN_IOU, textured_image
 from PIL import Image
+from serve_checks import rle_to_mask
 
 from maskrcnn.evaluation.predict import predict_folder
-from maskrcnn.evaluation.results import decode_rle
 from maskrcnn.export import OnnxMaskRCNN
 
 
 def _mask_iou(a: dict, b: dict) -> float:
-    x, y = decode_rle(a), decode_rle(b)
+    x, y = rle_to_mask(a), rle_to_mask(b)
     union = (x | y).sum()
     return 1.0 if union == 0 else float((x & y).sum() / union)
 

@@ -11,6 +11,7 @@ import shutil
 import urllib.request
 
 import pytest
+from serve_checks import rle_to_mask
 
 CHROMIUM = shutil.which("chromium")
 CHROMEDRIVER = shutil.which("chromedriver")
@@ -96,9 +97,7 @@ def test_page_draws_what_predict_returns(server, browser, upload, tmp_path):
 
 def _a_mask_pixel(record: dict) -> tuple[int, int]:
     """(x, y) of a pixel inside the record's mask, away from its box's outline."""
-    from maskrcnn.evaluation.results import decode_rle
-
-    mask = decode_rle(record["segmentation"])
+    mask = rle_to_mask(record["segmentation"])
     x, y, w, h = record["bbox"]
     ys, xs = mask.nonzero()
     inside = [

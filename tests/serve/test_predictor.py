@@ -8,9 +8,8 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from serve_checks import assert_records_match, expected_records
+from serve_checks import assert_records_match, expected_records, rle_to_mask
 
-from maskrcnn.evaluation.results import decode_rle
 from maskrcnn.serve.predictor import (
     ImageDecodeError,
     ImageTooLargeError,
@@ -60,7 +59,7 @@ def test_predictions_are_coco_results_of_the_eager_model(tiny_model, upload):
     assert {r["image_id"] for r in result.detections} == {17}
     assert_records_match(result.detections, expected_records(tiny_model, image, 0.3))
     for record in result.detections:
-        mask = decode_rle(record["segmentation"])
+        mask = rle_to_mask(record["segmentation"])
         assert mask.shape == tuple(image.shape[-2:]) and record["area"] == int(mask.sum())
         assert record["score"] >= 0.3 and len(record["bbox"]) == 4
     scores = [r["score"] for r in result.detections]
