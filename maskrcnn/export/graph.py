@@ -26,7 +26,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from maskrcnn.config import ModelConfig
 from maskrcnn.export.onnx_ops import (
+    arange_float,
     batched_nms_onnx,
     pad_to_multiple,
     resize_bilinear,
@@ -36,6 +38,7 @@ from maskrcnn.export.onnx_ops import (
     topk_clamped,
 )
 from maskrcnn.modeling.anchors import cell_anchors
+from maskrcnn.modeling.mask_rcnn import MaskRCNN
 from maskrcnn.modeling.poolers import MultiLevelRoIPooler, assign_levels
 from maskrcnn.ops.boxes import decode_boxes
 
@@ -72,7 +75,10 @@ class ExportableMaskRCNN(nn.Module):
             RoIAlign have no standard ONNX op with the same semantics.
     """
 
-    def __init__(self, *, model: nn.Module, input_dtype: str = "uint8") -> None:
+    pixel_mean: Tensor
+    pixel_std: Tensor
+
+    def __init__(self, *, model: MaskRCNN, input_dtype: str = "uint8") -> None:
         super().__init__()
         if input_dtype not in ("uint8", "float32"):
             raise ValueError(f"input_dtype: expected 'uint8' or 'float32', got {input_dtype!r}")
@@ -86,7 +92,7 @@ class ExportableMaskRCNN(nn.Module):
                     f"{name}.pooler.op={pooler.cfg.op!r} cannot be exported: only 'align' "
                     "(average RoIAlign) has a standard ONNX op (RoiAlign)"
                 )
-        self.cfg = cfg
+        self.cfg: ModelConfig = cfg
         self.input_dtype = input_dtype
         self.backbone = model.backbone
         self.rpn_head = model.rpn.head
@@ -148,8 +154,8 @@ class ExportableMaskRCNN(nn.Module):
             else:
                 s = float(self.anchor_strides[level])
                 stride = torch.tensor([s, s], dtype=torch.float32)
-            xs = (torch.arange(grid_hw[1], dtype=torch.float32) + acfg.offset) * stride[1]
-            ys = (torch.arange(grid_hw[0], dtype=torch.float32) + acfg.offset) * stride[0]
+            xs = (arange_float(grid_hw[1]) + acfg.offset) * stride[1]
+            ys = (arange_float(grid_hw[0]) + acfg.offset) * stride[0]
             shift_y, shift_x = torch.meshgrid(ys, xs, indexing="ij")
             shift_x, shift_y = shift_x.reshape(-1), shift_y.reshape(-1)
             shifts = torch.stack((shift_x, shift_y, shift_x, shift_y), dim=1)
@@ -196,13 +202,15 @@ class ExportableMaskRCNN(nn.Module):
     def pool(pooler: MultiLevelRoIPooler, features: list[Tensor], boxes: Tensor) -> Tensor:
         """[K, 4] boxes -> [K, C, S, S]: each box pooled from its FPN level, in box order."""
         pcfg = pooler.cfg
-        kwargs = dict(
-            output_size=pcfg.output_size,
-            sampling_ratio=pcfg.sampling_ratio,
-            aligned=pcfg.aligned,
-        )
         if len(features) == 1:
-            return roi_align_single(features[0], boxes, spatial_scale=pooler.scales[0], **kwargs)
+            return roi_align_single(
+                features[0],
+                boxes,
+                output_size=pcfg.output_size,
+                spatial_scale=pooler.scales[0],
+                sampling_ratio=pcfg.sampling_ratio,
+                aligned=pcfg.aligned,
+            )
         levels = assign_levels(
             boxes,
             min_level=pooler.min_level,
@@ -215,7 +223,14 @@ class ExportableMaskRCNN(nn.Module):
         out = boxes.new_zeros((boxes.shape[0], features[0].shape[1], size, size))
         for level, (feature, scale) in enumerate(zip(features, pooler.scales)):
             idx = _nonzero(levels == level)
-            pooled = roi_align_single(feature, boxes[idx], spatial_scale=scale, **kwargs)
+            pooled = roi_align_single(
+                feature,
+                boxes[idx],
+                output_size=size,
+                spatial_scale=scale,
+                sampling_ratio=pcfg.sampling_ratio,
+                aligned=pcfg.aligned,
+            )
             out = out.index_put((idx,), pooled)
         return out
 

@@ -22,10 +22,10 @@ import warnings
 from pathlib import Path
 
 import torch
-from torch import nn
 
 from maskrcnn.export.graph import ExportableMaskRCNN
 from maskrcnn.export.onnx_ops import OPSET
+from maskrcnn.modeling.mask_rcnn import MaskRCNN
 
 FORMAT = "maskrcnn-onnx/1"
 INPUT_NAME = "image"
@@ -33,7 +33,7 @@ OUTPUT_NAMES = ("boxes", "labels", "scores", "masks")
 
 
 def export_onnx(
-    model: nn.Module,
+    model: MaskRCNN,
     path: str | Path,
     *,
     input_dtype: str = "uint8",

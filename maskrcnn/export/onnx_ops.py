@@ -31,6 +31,11 @@ def shape_of(x: Tensor) -> Tensor:
     return torch._shape_as_tensor(x)
 
 
+def arange_float(n: Tensor) -> Tensor:
+    """[n] float32 ``0, 1, ..., n - 1`` for a 0-dim int64 ``n`` (an ONNX ``Range`` node)."""
+    return torch.arange(n, dtype=torch.float32)  # type: ignore[call-overload]  # n is a Tensor
+
+
 def _const(g: Any, value: Any, dtype: torch.dtype) -> Any:
     return g.op("Constant", value_t=torch.tensor(value, dtype=dtype))
 
@@ -44,7 +49,7 @@ class _RoIAlign(torch.autograd.Function):
     """RoIAlign (average) of one image's feature map: ONNX ``RoiAlign``."""
 
     @staticmethod
-    def forward(  # type: ignore[override]
+    def forward(
         ctx: Any,
         features: Tensor,
         boxes: Tensor,
@@ -113,7 +118,7 @@ class _BatchedNMS(torch.autograd.Function):
     """NMS within each class: ONNX ``NonMaxSuppression`` with one score row per class."""
 
     @staticmethod
-    def forward(  # type: ignore[override]
+    def forward(
         ctx: Any,
         boxes: Tensor,
         scores: Tensor,
@@ -208,7 +213,7 @@ class _TopK(torch.autograd.Function):
     """The ``min(k, N)`` largest entries of a vector: ONNX ``TopK`` with k from the shape."""
 
     @staticmethod
-    def forward(ctx: Any, x: Tensor, k: int) -> tuple[Tensor, Tensor]:  # type: ignore[override]
+    def forward(ctx: Any, x: Tensor, k: int) -> tuple[Tensor, Tensor]:
         return x.topk(min(k, x.shape[0]))
 
     @staticmethod
@@ -230,7 +235,7 @@ class _ResizedSize(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx: Any, image: Tensor, min_size: int, max_size: int) -> Tensor:  # type: ignore[override]
+    def forward(ctx: Any, image: Tensor, min_size: int, max_size: int) -> Tensor:
         h, w = int(image.shape[-2]), int(image.shape[-1])
         scale = min(min_size / min(h, w), max_size / max(h, w))
         # int(n * scale): what F.interpolate(scale_factor=scale, recompute_scale_factor=True) does.
@@ -271,7 +276,7 @@ class _ResizeBilinear(torch.autograd.Function):
     """Bilinear resize to a size held in a tensor: ONNX ``Resize`` (``pytorch_half_pixel``)."""
 
     @staticmethod
-    def forward(ctx: Any, x: Tensor, size: Tensor) -> Tensor:  # type: ignore[override]
+    def forward(ctx: Any, x: Tensor, size: Tensor) -> Tensor:
         height, width = (int(v) for v in size.tolist())
         return F.interpolate(x, size=(height, width), mode="bilinear", align_corners=False)
 
@@ -302,7 +307,7 @@ class _PadBottomRight(torch.autograd.Function):
     """Zero padding at the bottom and right to a multiple of ``divisor``: ONNX ``Pad``."""
 
     @staticmethod
-    def forward(ctx: Any, x: Tensor, divisor: int) -> Tensor:  # type: ignore[override]
+    def forward(ctx: Any, x: Tensor, divisor: int) -> Tensor:
         h, w = x.shape[-2:]
         return F.pad(x, (0, (-w) % divisor, 0, (-h) % divisor))
 

@@ -51,7 +51,7 @@ class OnnxMaskRCNN:
         threads: int | None = None,
         providers: tuple[str, ...] = ("CPUExecutionProvider",),
     ) -> None:
-        import onnxruntime as ort
+        import onnxruntime as ort  # type: ignore[import-untyped]
 
         self.path = Path(path)
         if not self.path.is_file():
@@ -128,6 +128,7 @@ class OnnxMaskRCNN:
                 else paste_masks_grid_sample
             )
             for r in results:
+                assert r.masks is not None  # run() always sets them
                 r.masks = paste(r.masks, r.boxes, r.image_size)
         return results
 
@@ -136,5 +137,6 @@ class OnnxMaskRCNN:
         from maskrcnn.data.io import to_image_tensor
 
         result = self.detect([to_image_tensor(image)])[0]
+        assert result.masks is not None
         result.masks = result.masks[:, 0] >= self.cfg.mask_head.threshold
         return result

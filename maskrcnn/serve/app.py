@@ -97,7 +97,9 @@ async def _read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-async def _multipart_image(request: Request, body: bytes, limit: int) -> tuple[bytes, dict]:
+async def _multipart_image(
+    request: Request, body: bytes, limit: int
+) -> tuple[bytes, dict[str, str]]:
     """The file and the other fields of a multipart form (already read into ``body``)."""
 
     async def stream() -> AsyncGenerator[bytes, None]:
@@ -121,7 +123,13 @@ async def _multipart_image(request: Request, body: bytes, limit: int) -> tuple[b
 
 
 def _parameter(
-    name: str, query: Any, fields: dict, default: Any, kind: type, low: float, high: float
+    name: str,
+    query: Any,
+    fields: dict[str, str],
+    default: Any,
+    kind: type,
+    low: float,
+    high: float,
 ) -> Any:
     raw = fields.get(name, query.get(name))
     if raw is None or raw == "":
@@ -167,7 +175,7 @@ def create_app(predictor: Predictor, *, limits: ServeLimits | None = None) -> St
         start = time.perf_counter()
         try:
             body = await _read_body(request, limits.max_upload_bytes)
-            fields: dict = {}
+            fields: dict[str, str] = {}
             if request.headers.get("content-type", "").startswith("multipart/form-data"):
                 body, fields = await _multipart_image(request, body, limits.max_upload_bytes)
             score_thresh = _parameter(

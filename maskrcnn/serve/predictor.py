@@ -83,8 +83,10 @@ def coco_results(
     ``bbox`` [x, y, w, h] in pixels, ``score``, ``segmentation`` (compressed RLE, ``counts``
     a str), ``area`` (mask pixels). Detections scoring below ``score_thresh`` are left out.
     """
-    keep = result.scores >= score_thresh
-    kept = result[keep]
+    if result.scores is None or result.masks is None:
+        raise ValueError("coco_results: detections need scores and masks")
+    kept = result[result.scores >= score_thresh]
+    assert kept.scores is not None and kept.masks is not None
     fn = paste_function(paste)
     records = []
     for i in range(len(kept)):
