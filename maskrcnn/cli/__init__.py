@@ -2,7 +2,8 @@
 
 One module per command group: :mod:`~maskrcnn.cli.data` (``data shapes``, ``data check``),
 :mod:`~maskrcnn.cli.train`, :mod:`~maskrcnn.cli.evaluate` (``eval``, ``predict``),
-:mod:`~maskrcnn.cli.explain` and :mod:`~maskrcnn.cli.demo`.
+:mod:`~maskrcnn.cli.explain`, :mod:`~maskrcnn.cli.demo`, :mod:`~maskrcnn.cli.export` and
+:mod:`~maskrcnn.cli.serve`.
 """
 
 from __future__ import annotations
@@ -14,13 +15,17 @@ from maskrcnn.cli.data import add_data_commands
 from maskrcnn.cli.demo import add_demo_command
 from maskrcnn.cli.evaluate import add_eval_commands
 from maskrcnn.cli.explain import add_explain_command
+from maskrcnn.cli.export import add_export_command
+from maskrcnn.cli.serve import add_serve_command
 from maskrcnn.cli.train import add_train_command
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="maskrcnn",
-        description="Mask R-CNN from scratch: data, train, eval, predict, explain, demo.",
+        description=(
+            "Mask R-CNN from scratch: data, train, eval, predict, explain, demo, export, serve."
+        ),
     )
     sub = parser.add_subparsers(dest="command", required=True)
     add_demo_command(sub)
@@ -28,6 +33,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_data_commands(sub)
     add_eval_commands(sub)
     add_train_command(sub)
+    add_export_command(sub)
+    add_serve_command(sub)
     return parser
 
 

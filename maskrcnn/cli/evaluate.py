@@ -1,10 +1,11 @@
 """The ``eval`` and ``predict`` commands, added to the main parser by :func:`add_eval_commands`.
 
 maskrcnn eval --weights W --ann J --images DIR [--out DIR] [--max-images N] [--precision P]
-maskrcnn predict IMAGES... --weights W --out DIR [--score-thresh 0.5] [--precision P]
+maskrcnn predict IMAGES... (--weights W | --onnx model.onnx) --out DIR [--score-thresh 0.5]
+                 [--precision P]
 
 ``--precision`` (fp32, bf16, fp16, auto) overrides the model file's inference precision
-(``ModelConfig.precision``) for the run.
+(``ModelConfig.precision``) for the run (not for an ``--onnx`` graph, which runs in fp32).
 """
 
 from __future__ import annotations
@@ -70,7 +71,14 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     from maskrcnn.evaluation.predict import predict_folder
 
     try:
-        model = load_weights(args.weights, precision=args.precision)
+        if (args.weights is None) == (args.onnx is None):
+            raise ValueError("give --weights (the model) or --onnx (an exported graph)")
+        if args.onnx is not None:
+            from maskrcnn.export.onnx_runtime import OnnxMaskRCNN
+
+            model = OnnxMaskRCNN(args.onnx)
+        else:
+            model = load_weights(args.weights, precision=args.precision)
         predict_folder(
             model,
             args.images,
@@ -97,7 +105,10 @@ def add_eval_commands(subparsers: Any) -> None:
 
     pr = subparsers.add_parser("predict", help="detect and segment instances in images")
     pr.add_argument("images", nargs="+", help="image files or folders")
-    pr.add_argument("--weights", required=True, help="model file (.safetensors) or name")
+    pr.add_argument("--weights", default=None, help="model file (.safetensors) or name")
+    pr.add_argument(
+        "--onnx", default=None, help="an exported graph (maskrcnn export) instead of --weights"
+    )
     pr.add_argument("--out", required=True, help="output folder")
     pr.add_argument("--score-thresh", type=float, default=0.5, help="minimum score drawn/kept")
     pr.add_argument("--batch-size", type=int, default=1, help="images per forward pass")

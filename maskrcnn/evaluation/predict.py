@@ -180,7 +180,8 @@ def predict_folder(
         raise ValueError(f"no images found in {[str(p) for p in inputs]}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    device = next(model.parameters()).device
+    # An exported graph (maskrcnn.export.OnnxMaskRCNN) runs on the CPU and has no parameters.
+    device = next(model.parameters()).device if isinstance(model, torch.nn.Module) else "cpu"
     mask_cfg = model.cfg.mask_head
     loader = DataLoader(
         _ImageFiles(paths),

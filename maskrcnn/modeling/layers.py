@@ -183,7 +183,7 @@ def linear_relu(x: Tensor, fc: nn.Linear) -> Tensor:
     PyTorch's fp32 ``F.linear`` on CPU goes to the BLAS library, which on some CPUs (AMD with
     MKL) runs at half of oneDNN's rate; the box head's 12544 x 1024 layer is the largest
     matrix product of the model. The oneDNN op has no autograd, so it is used only when no
-    gradient is recorded and autocast is off.
+    gradient is recorded and autocast is off, and not while tracing (ONNX export).
     """
     fused = getattr(torch.ops.mkldnn, "_linear_pointwise", None)
     if (
@@ -192,6 +192,7 @@ def linear_relu(x: Tensor, fc: nn.Linear) -> Tensor:
         and x.dtype == torch.float32
         and fc.weight.dtype == torch.float32
         and not torch.is_grad_enabled()
+        and not torch.jit.is_tracing()  # type: ignore[no-untyped-call]  # no ONNX form
         and not torch.is_autocast_enabled("cpu")
         and torch.backends.mkldnn.is_available()  # type: ignore[no-untyped-call]
     ):
