@@ -44,6 +44,24 @@ def list_images(inputs: Sequence[str | Path]) -> list[Path]:
     return paths
 
 
+def check_output_folder(out: Path, paths: Sequence[Path]) -> None:
+    """Refuses an output folder that would overwrite an input or is not a folder.
+
+    Raises:
+        ValueError: ``out`` is an existing file, or holds one of the input images (its
+            overlays ``<stem>.png`` or ``predictions.json`` could replace them).
+    """
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is an existing file, not a folder: name a folder")
+    resolved = out.resolve()
+    for path in paths:
+        if path.resolve().parent == resolved:
+            raise ValueError(
+                f"output folder {out} holds the input image {path}: its overlays could "
+                "overwrite the inputs; choose another --out"
+            )
+
+
 @dataclass
 class _Decoded:
     index: int
@@ -174,11 +192,14 @@ def predict_folder(
 
     Raises:
         FileNotFoundError / ValueError naming the input that does not exist or cannot be read.
+        ValueError: ``out_dir`` is a file or holds an input image (checked before anything is
+            written).
     """
     paths = list_images(inputs)
     if not paths:
         raise ValueError(f"no images found in {[str(p) for p in inputs]}")
     out = Path(out_dir)
+    check_output_folder(out, paths)
     out.mkdir(parents=True, exist_ok=True)
     device = next(model.parameters()).device
     mask_cfg = model.cfg.mask_head

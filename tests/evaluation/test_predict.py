@@ -84,3 +84,33 @@ def test_precision_option_sets_the_models_precision(tiny_model, tmp_path):
     assert args.precision is None
     with pytest.raises(SystemExit):
         parser.parse_args(["eval", *base, "--ann", "a", "--images", "i", "--precision", "half"])
+
+
+def _checksums(folder):
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+
+
+def test_output_folder_holding_inputs_is_refused_before_writing(tiny_model, tiny_coco, tmp_path):
+    _, image_dir = tiny_coco
+    before = _checksums(image_dir)
+    with pytest.raises(ValueError, match="holds the input image"):
+        predict_folder(tiny_model, [image_dir], image_dir, num_workers=0, progress=False)
+    one = image_dir / "img1.png"
+    with pytest.raises(ValueError, match="holds the input image"):
+        predict_folder(tiny_model, [one], image_dir / ".", num_workers=0, progress=False)
+    assert _checksums(image_dir) == before
+
+
+def test_out_naming_an_existing_file_is_a_clear_error(tiny_model, tiny_coco, tmp_path):
+    _, image_dir = tiny_coco
+    weights = save_model(tiny_model, tmp_path / "model.safetensors")
+    parser = argparse.ArgumentParser()
+    add_eval_commands(parser.add_subparsers(dest="command"))
+    taken = tmp_path / "taken.txt"
+    taken.write_text("keep me")
+    args = parser.parse_args(
+        ["predict", str(image_dir), "--weights", str(weights), "--out", str(taken)]
+    )
+    with pytest.raises(SystemExit, match="existing file"):
+        args.func(args)
+    assert taken.read_text() == "keep me"
