@@ -297,3 +297,38 @@ def test_hooks_are_called_in_the_documented_order(
     assert recorder.calls[-1] == ("after_train", 2, "nonfinite")
     assert not (tmp_path / "nan" / "last.ckpt").exists()
     assert not (tmp_path / "nan" / "model_final.safetensors").exists()
+
+
+def test_updates_that_blow_up_are_rolled_back_and_stop_the_run(
+    tmp_path: Path, shapes: ShapesFiles, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = torch.optim.SGD.step
+    calls = [0]
+
+    def step(self, closure=None):
+        calls[0] += 1
+        out = real(self, closure)
+        if calls[0] >= 4:  # the 4th update and every later one makes the weights NaN
+            with torch.no_grad():
+                for group in self.param_groups:
+                    for p in group["params"]:
+                        p.fill_(math.nan)
+        return out
+
+    monkeypatch.setattr(torch.optim.SGD, "step", step)
+    changes = {"schedule.max_iter": 30, "checkpoint.period": 2, "runtime.max_nonfinite": 3}
+    cfg = tiny_config(shapes, tmp_path / "run", changes)
+    with one_thread(), pytest.warns(RuntimeWarning, match="updated weights"):
+        with pytest.raises(NonFiniteLossError) as err:
+            train(cfg)
+    assert "3 non-finite losses in a row (steps 4-6)" in str(err.value)
+    state = ckpt.load_checkpoint(tmp_path / "run" / "last.ckpt")
+    assert state.iteration == 2 and state.counters.skipped_steps == 0
+    assert all(torch.isfinite(v).all() for v in state.model.values() if v.is_floating_point())
+    assert not (tmp_path / "run" / "model_final.safetensors").exists()
+
+
+def test_non_finite_learning_rate_is_refused_up_front(tmp_path: Path, shapes: ShapesFiles) -> None:
+    for item in ["optim.base_lr=NaN", "optim.base_lr=Infinity", "optim.momentum=1.5"]:
+        with pytest.raises(ValueError, match="TrainConfig.optim"):
+            tiny_config(shapes, tmp_path / "run").with_assignments([item])
