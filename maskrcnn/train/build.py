@@ -1,9 +1,9 @@
 """Setting up a run: ``build_run(cfg, resume) -> TrainRun``.
 
 Every check that can fail happens here, before any step: the process group, the device and
-precision, the data (annotation files, categories), the model configuration and, with
-``resume``, whether the run folder's checkpoint fits. Then the model is built (seeded),
-moved, optionally restored, and the run folder is prepared (stale temporaries removed,
+precision, the data (annotation files, categories; every validation image is decoded once),
+the model configuration and, with ``resume``, whether the run folder's checkpoint fits. Then
+the model is built (seeded), moved, optionally restored, and the run folder is prepared (stale temporaries removed,
 ``metrics.jsonl`` cut back to the checkpoint's step, ``train_config.json`` written).
 """
 
@@ -39,6 +39,7 @@ from maskrcnn.train.distributed import (
 from maskrcnn.train.metrics import MetricsWriter
 from maskrcnn.train.resumable_data import TrainData
 from maskrcnn.train.schedule import WarmupMultiStepLR, build_optimization
+from maskrcnn.train.validation_set import check_validation_set
 
 logger = logging.getLogger("maskrcnn.train")
 
@@ -227,6 +228,7 @@ def _datasets(cfg: TrainConfig) -> tuple[CocoDataset, CocoDataset | None]:
     val_set = None
     if data.val_ann is not None and data.val_images is not None:
         val_set = CocoDataset(data.val_ann, data.val_images, categories=train_set.categories)
+        check_validation_set(val_set, max_images=cfg.eval.max_images)
     return train_set, val_set
 
 
