@@ -4,7 +4,8 @@ Every check that can fail happens here, before any step: the process group, the 
 precision, the data (annotation files, categories; every validation image is decoded once),
 the model configuration and, with ``resume``, whether the run folder's checkpoint fits. Then
 the model is built (seeded), moved, optionally restored, and the run folder is prepared
-(stale temporaries removed, ``metrics.jsonl`` cut back to the checkpoint's step, ``train_config.json`` written).
+(stale temporaries removed, ``metrics.jsonl`` cut back to the checkpoint's step,
+``train_config.json`` written).
 """
 
 from __future__ import annotations
