@@ -78,6 +78,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
             score_thresh=args.score_thresh,
             batch_size=args.batch_size,
             num_workers=args.workers,
+            skip_bad_images=args.skip_bad_images,
         )
     except (FileNotFoundError, ValueError) as err:
         raise SystemExit(f"maskrcnn predict: {err}") from err
@@ -102,6 +103,12 @@ def add_eval_commands(subparsers: Any) -> None:
     pr.add_argument("--score-thresh", type=float, default=0.5, help="minimum score drawn/kept")
     pr.add_argument("--batch-size", type=int, default=1, help="images per forward pass")
     pr.add_argument("--workers", type=int, default=2, help="image decoding processes")
+    pr.add_argument(
+        "--skip-bad-images",
+        action="store_true",
+        help="name, count and skip unreadable images (default: the others are still written, "
+        "then an error names them)",
+    )
     _add_precision(pr)
     pr.set_defaults(func=_cmd_predict)
 

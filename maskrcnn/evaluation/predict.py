@@ -105,6 +105,7 @@ class PredictSummary:
         images_per_second: ``num_images / seconds``.
         json_path: the predictions file.
         overlays: overlay PNG per image, in input order.
+        skipped: the images that could not be read (with ``skip_bad_images``), in input order.
     """
 
     num_images: int
@@ -112,6 +113,7 @@ class PredictSummary:
     images_per_second: float
     json_path: Path
     overlays: list[Path]
+    skipped: tuple[Path, ...] = ()
 
 
 def _unique_stem(path: Path, used: set[str]) -> str:
@@ -172,6 +174,7 @@ def predict_folder(
     batch_size: int = 1,
     num_workers: int = 2,
     progress: bool = True,
+    skip_bad_images: bool = False,
 ) -> PredictSummary:
     """Detects instances in image files; writes overlays and ``predictions.json``.
 
@@ -186,12 +189,16 @@ def predict_folder(
         batch_size: images per forward pass.
         num_workers: decoding processes (0: decode in the main process).
         progress: show a progress bar (the throughput is printed either way).
+        skip_bad_images: an image that cannot be read is named, counted and skipped. Without
+            it, the other images are still processed and ``predictions.json`` written, then a
+            ``ValueError`` names the unreadable ones.
 
     Returns:
         A :class:`PredictSummary` (images per second included).
 
     Raises:
-        FileNotFoundError / ValueError naming the input that does not exist or cannot be read.
+        FileNotFoundError / ValueError naming the input that does not exist or cannot be read
+            (``predictions.json`` holds the images read, whatever fails later).
         ValueError: ``out_dir`` is a file or holds an input image (checked before anything is
             written).
     """
@@ -212,33 +219,50 @@ def predict_folder(
     )
     records: list[dict[str, Any]] = []
     overlays: list[Path] = []
+    bad: list[tuple[Path, str]] = []
     used: set[str] = set()
+    json_path = out / "predictions.json"
     start = time.perf_counter()
     bar = tqdm(total=len(paths), desc="predict", unit="img", disable=not progress)
-    with eval_mode(model), bar:
-        for batch in loader:
-            for item in batch:
-                if item.error is not None:
+    try:
+        with eval_mode(model), bar:
+            for batch in loader:
+                good = []
+                for item in batch:
+                    if item.error is None:
+                        good.append(item)
+                        continue
                     named = str(item.path) in item.error
-                    raise ValueError(item.error if named else f"{item.path}: {item.error}")
-            results = model.detect([item.image.to(device) for item in batch], paste_masks=False)
-            for item, result in zip(batch, results):
-                record, overlay = _record_and_overlay(
-                    item.image,
-                    item.path,
-                    result.to("cpu"),
-                    score_thresh=score_thresh,
-                    paste=mask_cfg.paste,
-                    thresh=mask_cfg.threshold,
-                )
-                target = out / f"{_unique_stem(item.path, used)}.png"
-                overlay.save(target)
-                records.append(record)
-                overlays.append(target)
-            bar.update(len(batch))
-    json_path = out / "predictions.json"
-    json_path.write_text(json.dumps(records) + "\n")
+                    bad.append((item.path, item.error if named else f"{item.path}: {item.error}"))
+                    skip = ", skipped" if skip_bad_images else ""
+                    tqdm.write(f"cannot read {bad[-1][1]}{skip}")
+                images = [item.image.to(device) for item in good if item.image is not None]
+                results = model.detect(images, paste_masks=False) if images else []
+                for item, result in zip(good, results):
+                    record, overlay = _record_and_overlay(
+                        item.image,
+                        item.path,
+                        result.to("cpu"),
+                        score_thresh=score_thresh,
+                        paste=mask_cfg.paste,
+                        thresh=mask_cfg.threshold,
+                    )
+                    target = out / f"{_unique_stem(item.path, used)}.png"
+                    overlay.save(target)
+                    records.append(record)
+                    overlays.append(target)
+                bar.update(len(batch))
+    finally:  # the results so far are kept, whatever stops the loop
+        json_path.write_text(json.dumps(records) + "\n")
+    if bad and not skip_bad_images:
+        raise ValueError(
+            f"{len(bad)} of {len(paths)} images could not be read: "
+            + "; ".join(error for _, error in bad)
+            + f". The {len(records)} others are in {json_path}; --skip-bad-images skips them"
+        )
     seconds = time.perf_counter() - start
-    rate = len(paths) / seconds if seconds > 0 else float("inf")
-    print(f"{len(paths)} images in {seconds:.2f} s: {rate:.2f} images/s -> {out}")
-    return PredictSummary(len(paths), seconds, rate, json_path, overlays)
+    done = len(records)
+    rate = done / seconds if seconds > 0 else float("inf")
+    skipped = f", {len(bad)} unreadable skipped" if bad else ""
+    print(f"{done} images in {seconds:.2f} s: {rate:.2f} images/s{skipped} -> {out}")
+    return PredictSummary(done, seconds, rate, json_path, overlays, tuple(p for p, _ in bad))

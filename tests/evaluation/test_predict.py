@@ -114,3 +114,41 @@ def test_out_naming_an_existing_file_is_a_clear_error(tiny_model, tiny_coco, tmp
     with pytest.raises(SystemExit, match="existing file"):
         args.func(args)
     assert taken.read_text() == "keep me"
+
+
+def _folder_with_a_corrupt_image(tmp_path):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for name in ("a.png", "c.png"):
+        Image.fromarray(np.full((40, 48, 3), 90, np.uint8)).save(folder / name)
+    good = (folder / "a.png").read_bytes()
+    (folder / "b.png").write_bytes(good[: len(good) // 2])  # truncated
+    return folder
+
+
+def test_a_corrupt_image_still_writes_the_others(tiny_model, tmp_path):
+    folder = _folder_with_a_corrupt_image(tmp_path)
+    out = tmp_path / "out"
+    with pytest.raises(ValueError, match=r"1 of 3 images could not be read: .*b\.png.*2 others"):
+        predict_folder(tiny_model, [folder], out, batch_size=2, num_workers=0, progress=False)
+    records = json.loads((out / "predictions.json").read_text())
+    assert [r["file"] for r in records] == [str(folder / "a.png"), str(folder / "c.png")]
+    assert sorted(p.name for p in out.iterdir()) == ["a.png", "c.png", "predictions.json"]
+
+
+def test_skip_bad_images_is_a_named_counted_skip(tiny_model, tmp_path, capsys):
+    folder = _folder_with_a_corrupt_image(tmp_path)
+    weights = save_model(tiny_model, tmp_path / "model.safetensors")
+    parser = argparse.ArgumentParser()
+    add_eval_commands(parser.add_subparsers(dest="command"))
+    out = tmp_path / "out"
+    base = ["predict", str(folder), "--weights", str(weights), "--out", str(out)]
+    args = parser.parse_args([*base, "--workers", "0", "--skip-bad-images"])
+    assert args.func(args) == 0
+    printed = capsys.readouterr()
+    assert "b.png" in printed.err + printed.out and "1 unreadable skipped" in printed.out
+    assert len(json.loads((out / "predictions.json").read_text())) == 2
+    summary = predict_folder(
+        tiny_model, [folder], tmp_path / "o2", num_workers=0, progress=False, skip_bad_images=True
+    )
+    assert summary.num_images == 2 and summary.skipped == (folder / "b.png",)
