@@ -92,7 +92,9 @@ def add_eval_commands(subparsers: Any) -> None:
     ev.add_argument("--ann", required=True, help="COCO annotation file (json)")
     ev.add_argument("--images", required=True, help="folder of the annotation file's images")
     ev.add_argument("--out", default=None, help="folder for results.json, metrics.json, table")
-    ev.add_argument("--max-images", type=int, default=None, help="evaluate only the first N")
+    ev.add_argument(
+        "--max-images", type=_positive, default=None, help="evaluate only the first N (N >= 1)"
+    )
     _add_precision(ev)
     ev.set_defaults(func=_cmd_eval)
 
@@ -111,6 +113,13 @@ def add_eval_commands(subparsers: Any) -> None:
     )
     _add_precision(pr)
     pr.set_defaults(func=_cmd_predict)
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a count >= 1, got {value}")
+    return value
 
 
 def _add_precision(parser: argparse.ArgumentParser) -> None:

@@ -100,5 +100,9 @@ def load_model(path: str | Path, *, device: str | torch.device = "cpu") -> MaskR
 
     cfg = read_config(path)
     model = build_model(cfg)
-    load_exact(model, load_file(str(path), device=str(device)), source=str(path))
+    try:
+        tensors = load_file(str(path), device=str(device))
+    except (SafetensorError, OSError) as err:
+        raise ValueError(f"{path}: not a readable safetensors file ({err})") from err
+    load_exact(model, tensors, source=str(path))
     return model.to(device).eval()

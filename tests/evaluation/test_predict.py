@@ -152,3 +152,12 @@ def test_skip_bad_images_is_a_named_counted_skip(tiny_model, tmp_path, capsys):
         tiny_model, [folder], tmp_path / "o2", num_workers=0, progress=False, skip_bad_images=True
     )
     assert summary.num_images == 2 and summary.skipped == (folder / "b.png",)
+
+
+def test_eval_max_images_zero_is_refused(capsys):
+    parser = argparse.ArgumentParser()
+    add_eval_commands(parser.add_subparsers(dest="command"))
+    base = ["eval", "--weights", "w.safetensors", "--ann", "a.json", "--images", "i"]
+    with pytest.raises(SystemExit):
+        parser.parse_args([*base, "--max-images", "0"])
+    assert "expected a count >= 1, got 0" in capsys.readouterr().err

@@ -405,3 +405,13 @@ def test_resume_without_checkpoint_or_data_names_the_folder(tmp_path: Path, caps
     out = tmp_path / "empty"
     assert cli_main(["train", "--out", str(out), "--resume"]) == 2
     assert f"no checkpoint in {out}" in capsys.readouterr().err
+
+
+def test_an_out_of_range_model_override_is_refused(
+    tmp_path: Path, shapes: ShapesFiles, capsys
+) -> None:
+    cfg = tiny_config(shapes, tmp_path / "run")
+    args = [*cli_args(cfg), "--set", "rpn.nms_thresh=-1"]
+    assert cli_main(["train", *args]) == 2
+    assert "rpn.nms_thresh: must be a number in [0, 1]" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
