@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
@@ -25,7 +26,7 @@ from maskrcnn.evaluation.results import paste_one
 from maskrcnn.modeling.modes import eval_mode
 from maskrcnn.ops.paste import paste_function
 from maskrcnn.structures import Instances
-from maskrcnn.viz.draw import draw_instances
+from maskrcnn.viz.draw import blend_mask, draw_instances, instance_color, mask_canvas
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"})
 
@@ -127,11 +128,13 @@ def _unique_stem(path: Path, used: set[str]) -> str:
 def _record_and_overlay(
     image: Tensor, path: Path, result: Instances, *, score_thresh: float, paste: str, thresh: float
 ) -> tuple[dict[str, Any], Any]:
-    """One image's JSON record and overlay; masks pasted one detection at a time."""
+    """One image's JSON record and overlay; masks pasted, encoded and blended into the
+    overlay one detection at a time (memory bounded by the image, not image x detections)."""
     scores = result.scores if result.scores is not None else torch.ones(len(result))
     kept = result[scores >= score_thresh]
     size = (int(image.shape[1]), int(image.shape[2]))
-    rles, planes = [], []
+    rles = []
+    canvas = mask_canvas(image)
     if kept.masks is not None:
         fn = paste_function(paste)
         for i in range(len(kept)):
@@ -139,16 +142,16 @@ def _record_and_overlay(
                 kept.masks[i].float(), kept.boxes[i], size, paste=fn, threshold=thresh
             )
             rles.append(encode_binary_mask(plane))
-            planes.append(torch.from_numpy(plane))
-    masks = torch.stack(planes) if planes else None
-    if kept.masks is not None and not planes:
-        masks = torch.zeros((0, *size), dtype=torch.bool)
+            blend_mask(canvas, plane, instance_color(i))  # draw_instances' colour of kept[i]
+            del plane
+    blended = torch.from_numpy(canvas.round().astype(np.uint8)).permute(2, 0, 1)
+    del canvas
     drawn = Instances(
         image_size=size,
         boxes=kept.boxes.cpu(),
         labels=kept.labels.cpu(),
         scores=None if kept.scores is None else kept.scores.cpu(),
-        masks=masks,
+        masks=None,
         category_names=kept.category_names,
     )
     record = {
@@ -161,7 +164,7 @@ def _record_and_overlay(
         "categories": list(kept.category_names),
         "masks": rles,
     }
-    return record, draw_instances(image, drawn, score_thresh=score_thresh)
+    return record, draw_instances(blended, drawn, score_thresh=score_thresh)
 
 
 @torch.inference_mode()

@@ -161,3 +161,92 @@ def test_eval_max_images_zero_is_refused(capsys):
     with pytest.raises(SystemExit):
         parser.parse_args([*base, "--max-images", "0"])
     assert "expected a count >= 1, got 0" in capsys.readouterr().err
+
+
+def _fake_detect(n: int):
+    import torch
+
+    from maskrcnn.structures import Instances
+
+    def detect(images, paste_masks=False):
+        out = []
+        for image in images:
+            h, w = image.shape[1:]
+            boxes = torch.tensor([[0.0, 0.0, w - 1.0, h - 1.0]]).repeat(n, 1)
+            boxes[:, 0] += torch.arange(n, dtype=torch.float32)  # distinct, near image-sized
+            out.append(
+                Instances(
+                    image_size=(h, w),
+                    boxes=boxes,
+                    labels=torch.ones(n, dtype=torch.int64),
+                    scores=torch.linspace(0.99, 0.9, n),
+                    masks=torch.rand(n, 1, 28, 28, generator=torch.Generator().manual_seed(n)),
+                    category_names=("square",) * n,
+                )
+            )
+        return out
+
+    return detect
+
+
+def test_overlay_is_the_same_as_drawing_all_masks_at_once(tiny_model, tmp_path, monkeypatch):
+    import torch
+
+    from maskrcnn.evaluation.predict import _record_and_overlay
+    from maskrcnn.evaluation.results import paste_one
+    from maskrcnn.ops.paste import paste_function
+    from maskrcnn.viz.draw import draw_instances
+
+    image = torch.rand(3, 60, 80, generator=torch.Generator().manual_seed(1))
+    result = _fake_detect(7)([image])[0]
+    _, overlay = _record_and_overlay(
+        image, tmp_path / "x.png", result, score_thresh=0.5, paste="grid_sample", thresh=0.5
+    )
+    fn = paste_function("grid_sample")
+    planes = [
+        torch.from_numpy(
+            paste_one(result.masks[i], result.boxes[i], (60, 80), paste=fn, threshold=0.5)
+        )
+        for i in range(7)
+    ]
+    result.masks = torch.stack(planes)
+    expected = draw_instances(image, result, score_thresh=0.5)
+    assert np.array_equal(np.asarray(overlay), np.asarray(expected))
+
+
+def test_predict_memory_is_bounded_by_the_image_not_the_detections(
+    tiny_model, tmp_path, monkeypatch
+):
+    """Image-sized mask planes alive at once, counted through weak references: at most one,
+    whether an image has 4 or 80 detections (the issue's 8000x6000 image with 100 kept ones
+    held 100 planes, 4.8 GB, before the overlay was drawn)."""
+    import weakref
+
+    import maskrcnn.evaluation.predict as predict_module
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    Image.fromarray(np.full((300, 400, 3), 120, np.uint8)).save(folder / "big.png")
+    real_paste_one = predict_module.paste_one
+    alive, most = [0], [0]
+
+    def gone() -> None:
+        alive[0] -= 1
+
+    def counted(*args, **kwargs):
+        plane = real_paste_one(*args, **kwargs)
+        assert plane.shape == (300, 400)
+        alive[0] += 1
+        most[0] = max(most[0], alive[0])
+        weakref.finalize(plane, gone)
+        return plane
+
+    monkeypatch.setattr(predict_module, "paste_one", counted)
+    for n in (4, 80):
+        most[0] = 0
+        monkeypatch.setattr(tiny_model, "detect", _fake_detect(n))
+        summary = predict_folder(
+            tiny_model, [folder], tmp_path / f"out{n}", num_workers=0, progress=False
+        )
+        assert len(json.loads(summary.json_path.read_text())[0]["masks"]) == n
+        assert most[0] == 1, (n, most[0])
