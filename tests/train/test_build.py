@@ -73,7 +73,6 @@ def test_precision_goes_through_the_shared_resolver(
 
 def _rewrite_train(shapes: ShapesFiles, root: Path, edit) -> ShapesFiles:
     import dataclasses
-    import json
 
     data = json.loads(shapes.train_ann.read_text())
     edit(data)
@@ -111,8 +110,6 @@ def test_a_training_set_without_usable_targets_warns_before_training(
 
 
 def test_a_usable_training_set_does_not_warn(tmp_path: Path, shapes: ShapesFiles) -> None:
-    import warnings
-
     with warnings.catch_warnings():
         warnings.filterwarnings("error", message=".*no usable training target")
         build_run(tiny_config(shapes, tmp_path / "run")).close()
