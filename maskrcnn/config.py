@@ -103,6 +103,13 @@ class RPNConfig:
     box_coder_weights: tuple[float, float, float, float] = (1.0, 1.0, 1.0, 1.0)
     smooth_l1_beta: float = 1.0 / 9
 
+    def __post_init__(self) -> None:
+        _check_unit_interval(
+            self,
+            "rpn",
+            ("nms_thresh", "score_thresh", "fg_iou_thresh", "bg_iou_thresh", "positive_fraction"),
+        )
+
 
 @dataclass(frozen=True)
 class PoolerConfig:
@@ -138,6 +145,13 @@ class BoxHeadConfig:
     positive_fraction: float = 0.25
     smooth_l1_beta: float = 1.0 / 9
 
+    def __post_init__(self) -> None:
+        _check_unit_interval(
+            self,
+            "box_head",
+            ("score_thresh", "nms_thresh", "fg_iou_thresh", "bg_iou_thresh", "positive_fraction"),
+        )
+
 
 @dataclass(frozen=True)
 class MaskHeadConfig:
@@ -154,6 +168,19 @@ class MaskHeadConfig:
     # or an unquantised grid-sample paste (default for our own models).
     paste: Literal["torchvision", "grid_sample"] = "grid_sample"
     threshold: float = 0.5  # used by predict() to binarise masks
+
+    def __post_init__(self) -> None:
+        _check_unit_interval(self, "mask_head", ("threshold",))
+
+
+def _check_unit_interval(section: Any, name: str, fields: tuple[str, ...]) -> None:
+    """Raises ``ValueError("<name>.<field>: must be in [0, 1] (got v)")`` for the first
+    threshold or fraction of ``section`` outside [0, 1] (NaN included)."""
+    for f in fields:
+        value = getattr(section, f)
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value <= 1
+        if not ok:
+            raise ValueError(f"{name}.{f}: must be a number in [0, 1] (got {value!r})")
 
 
 @dataclass(frozen=True)

@@ -49,3 +49,18 @@ def test_precision_is_a_checked_field_defaulting_to_fp32():
     assert ModelConfig.from_dict(json.loads(json.dumps(data))).precision == "auto"
     del data["precision"]  # a configuration saved before the field existed
     assert ModelConfig.from_dict(data) == cfg
+
+
+@pytest.mark.parametrize(
+    "key, value",
+    [
+        ("rpn.nms_thresh", -1.0),
+        ("rpn.positive_fraction", 1.5),
+        ("box_head.score_thresh", float("nan")),
+        ("box_head.nms_thresh", 2.0),
+        ("mask_head.threshold", -0.1),
+    ],
+)
+def test_thresholds_and_fractions_outside_0_1_are_refused(key, value):
+    with pytest.raises(ValueError, match=rf"{key}: must be a number in \[0, 1\]"):
+        override(ModelConfig(), key, value)

@@ -44,6 +44,13 @@ def _non_negative(text: str) -> int:
     return value
 
 
+def _image_side(text: str) -> int:
+    value = int(text)
+    if value < 32:
+        raise argparse.ArgumentTypeError(f"expected at least 32 pixels, got {value}")
+    return value
+
+
 def add_data_commands(subparsers: Any) -> argparse.ArgumentParser:
     """Adds ``data`` (with ``shapes`` and ``check``) to a parser's ``add_subparsers()`` object.
 
@@ -60,8 +67,8 @@ def add_data_commands(subparsers: Any) -> argparse.ArgumentParser:
     shapes.add_argument("--train", type=_non_negative, default=200, help="training images")
     shapes.add_argument("--val", type=_non_negative, default=50, help="validation images")
     shapes.add_argument("--seed", type=int, default=0, help="random seed")
-    shapes.add_argument("--height", type=int, default=192, help="image height (landscape)")
-    shapes.add_argument("--width", type=int, default=256, help="image width (landscape)")
+    shapes.add_argument("--height", type=_image_side, default=192, help="image height (landscape)")
+    shapes.add_argument("--width", type=_image_side, default=256, help="image width (landscape)")
     shapes.set_defaults(func=cmd_shapes)
 
     check = sub.add_parser("check", help="check a COCO dataset before training on it")

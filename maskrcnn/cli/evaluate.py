@@ -86,6 +86,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
             score_thresh=args.score_thresh,
             batch_size=args.batch_size,
             num_workers=args.workers,
+            skip_bad_images=args.skip_bad_images,
         )
     except (FileNotFoundError, ValueError) as err:
         raise SystemExit(f"maskrcnn predict: {err}") from err
@@ -99,7 +100,9 @@ def add_eval_commands(subparsers: Any) -> None:
     ev.add_argument("--ann", required=True, help="COCO annotation file (json)")
     ev.add_argument("--images", required=True, help="folder of the annotation file's images")
     ev.add_argument("--out", default=None, help="folder for results.json, metrics.json, table")
-    ev.add_argument("--max-images", type=int, default=None, help="evaluate only the first N")
+    ev.add_argument(
+        "--max-images", type=_positive, default=None, help="evaluate only the first N (N >= 1)"
+    )
     _add_precision(ev)
     ev.set_defaults(func=_cmd_eval)
 
@@ -113,8 +116,21 @@ def add_eval_commands(subparsers: Any) -> None:
     pr.add_argument("--score-thresh", type=float, default=0.5, help="minimum score drawn/kept")
     pr.add_argument("--batch-size", type=int, default=1, help="images per forward pass")
     pr.add_argument("--workers", type=int, default=2, help="image decoding processes")
+    pr.add_argument(
+        "--skip-bad-images",
+        action="store_true",
+        help="name, count and skip unreadable images (default: the others are still written, "
+        "then an error names them)",
+    )
     _add_precision(pr)
     pr.set_defaults(func=_cmd_predict)
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a count >= 1, got {value}")
+    return value
 
 
 def _add_precision(parser: argparse.ArgumentParser) -> None:

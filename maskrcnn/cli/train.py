@@ -117,6 +117,11 @@ def build_config(args: argparse.Namespace) -> tuple[TrainConfig, bool]:
         cfg = TrainConfig.from_dict(load_checkpoint(last).train_config)
     else:
         if "data.train_ann" not in changes:
+            if args.resume:
+                raise ValueError(
+                    f"no checkpoint in {args.out} to resume ({last} not found); to start a "
+                    "new run there, give --data DIR, or --train-ann and --train-images"
+                )
             raise ValueError("give --data DIR, or --train-ann and --train-images")
         data = DataConfig(changes["data.train_ann"], changes["data.train_images"])
         cfg = TrainConfig(data=data)
@@ -154,7 +159,7 @@ def _data_paths(args: argparse.Namespace) -> dict[str, str]:
 
 def cmd_train(args: argparse.Namespace) -> int:
     """Runs ``maskrcnn train``; returns the exit code."""
-    from maskrcnn.train.trainer import NonFiniteLossError, Trainer
+    from maskrcnn.train.trainer import FinalEvaluationError, NonFiniteLossError, Trainer
 
     _configure_logging()
     try:
@@ -167,7 +172,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(f"maskrcnn train: no checkpoint in {args.out}; started a new run", file=sys.stderr)
     try:
         result = trainer.run()
-    except NonFiniteLossError as err:
+    except (NonFiniteLossError, FinalEvaluationError) as err:
         print(f"maskrcnn train: {err}", file=sys.stderr)
         return 1
     if trainer.dist.is_main:

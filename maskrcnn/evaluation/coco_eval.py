@@ -240,6 +240,8 @@ def evaluate_coco(
     Returns:
         The same :class:`EvalResult` on every rank.
     """
+    if max_images is not None and (isinstance(max_images, bool) or max_images < 1):
+        raise ValueError(f"max_images: must be at least 1 (got {max_images!r})")
     source = open_source(data)
     label_map = resolve_label_map(
         categories,

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
@@ -25,7 +26,7 @@ from maskrcnn.evaluation.results import paste_one
 from maskrcnn.modeling.modes import eval_mode
 from maskrcnn.ops.paste import paste_function
 from maskrcnn.structures import Instances
-from maskrcnn.viz.draw import draw_instances
+from maskrcnn.viz.draw import blend_mask, draw_instances, instance_color, mask_canvas
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"})
 
@@ -42,6 +43,24 @@ def list_images(inputs: Sequence[str | Path]) -> list[Path]:
         else:
             raise FileNotFoundError(f"no such image file or folder: {p}")
     return paths
+
+
+def check_output_folder(out: Path, paths: Sequence[Path]) -> None:
+    """Refuses an output folder that would overwrite an input or is not a folder.
+
+    Raises:
+        ValueError: ``out`` is an existing file, or holds one of the input images (its
+            overlays ``<stem>.png`` or ``predictions.json`` could replace them).
+    """
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is an existing file, not a folder: name a folder")
+    resolved = out.resolve()
+    for path in paths:
+        if path.resolve().parent == resolved:
+            raise ValueError(
+                f"output folder {out} holds the input image {path}: its overlays could "
+                "overwrite the inputs; choose another --out"
+            )
 
 
 @dataclass
@@ -87,6 +106,7 @@ class PredictSummary:
         images_per_second: ``num_images / seconds``.
         json_path: the predictions file.
         overlays: overlay PNG per image, in input order.
+        skipped: the images that could not be read (with ``skip_bad_images``), in input order.
     """
 
     num_images: int
@@ -94,6 +114,7 @@ class PredictSummary:
     images_per_second: float
     json_path: Path
     overlays: list[Path]
+    skipped: tuple[Path, ...] = ()
 
 
 def _unique_stem(path: Path, used: set[str]) -> str:
@@ -107,11 +128,13 @@ def _unique_stem(path: Path, used: set[str]) -> str:
 def _record_and_overlay(
     image: Tensor, path: Path, result: Instances, *, score_thresh: float, paste: str, thresh: float
 ) -> tuple[dict[str, Any], Any]:
-    """One image's JSON record and overlay; masks pasted one detection at a time."""
+    """One image's JSON record and overlay; masks pasted, encoded and blended into the
+    overlay one detection at a time (memory bounded by the image, not image x detections)."""
     scores = result.scores if result.scores is not None else torch.ones(len(result))
     kept = result[scores >= score_thresh]
     size = (int(image.shape[1]), int(image.shape[2]))
-    rles, planes = [], []
+    rles = []
+    canvas = mask_canvas(image)
     if kept.masks is not None:
         fn = paste_function(paste)
         for i in range(len(kept)):
@@ -119,16 +142,16 @@ def _record_and_overlay(
                 kept.masks[i].float(), kept.boxes[i], size, paste=fn, threshold=thresh
             )
             rles.append(encode_binary_mask(plane))
-            planes.append(torch.from_numpy(plane))
-    masks = torch.stack(planes) if planes else None
-    if kept.masks is not None and not planes:
-        masks = torch.zeros((0, *size), dtype=torch.bool)
+            blend_mask(canvas, plane, instance_color(i))  # draw_instances' colour of kept[i]
+            del plane
+    blended = torch.from_numpy(canvas.round().astype(np.uint8)).permute(2, 0, 1)
+    del canvas
     drawn = Instances(
         image_size=size,
         boxes=kept.boxes.cpu(),
         labels=kept.labels.cpu(),
         scores=None if kept.scores is None else kept.scores.cpu(),
-        masks=masks,
+        masks=None,
         category_names=kept.category_names,
     )
     record = {
@@ -141,7 +164,7 @@ def _record_and_overlay(
         "categories": list(kept.category_names),
         "masks": rles,
     }
-    return record, draw_instances(image, drawn, score_thresh=score_thresh)
+    return record, draw_instances(blended, drawn, score_thresh=score_thresh)
 
 
 @torch.inference_mode()
@@ -154,6 +177,7 @@ def predict_folder(
     batch_size: int = 1,
     num_workers: int = 2,
     progress: bool = True,
+    skip_bad_images: bool = False,
 ) -> PredictSummary:
     """Detects instances in image files; writes overlays and ``predictions.json``.
 
@@ -168,17 +192,24 @@ def predict_folder(
         batch_size: images per forward pass.
         num_workers: decoding processes (0: decode in the main process).
         progress: show a progress bar (the throughput is printed either way).
+        skip_bad_images: an image that cannot be read is named, counted and skipped. Without
+            it, the other images are still processed and ``predictions.json`` written, then a
+            ``ValueError`` names the unreadable ones.
 
     Returns:
         A :class:`PredictSummary` (images per second included).
 
     Raises:
-        FileNotFoundError / ValueError naming the input that does not exist or cannot be read.
+        FileNotFoundError / ValueError naming the input that does not exist or cannot be read
+            (``predictions.json`` holds the images read, whatever fails later).
+        ValueError: ``out_dir`` is a file or holds an input image (checked before anything is
+            written).
     """
     paths = list_images(inputs)
     if not paths:
         raise ValueError(f"no images found in {[str(p) for p in inputs]}")
     out = Path(out_dir)
+    check_output_folder(out, paths)
     out.mkdir(parents=True, exist_ok=True)
     # An exported graph (maskrcnn.export.OnnxMaskRCNN) runs on the CPU and has no parameters.
     device = next(model.parameters()).device if isinstance(model, torch.nn.Module) else "cpu"
@@ -192,33 +223,50 @@ def predict_folder(
     )
     records: list[dict[str, Any]] = []
     overlays: list[Path] = []
+    bad: list[tuple[Path, str]] = []
     used: set[str] = set()
+    json_path = out / "predictions.json"
     start = time.perf_counter()
     bar = tqdm(total=len(paths), desc="predict", unit="img", disable=not progress)
-    with eval_mode(model), bar:
-        for batch in loader:
-            for item in batch:
-                if item.error is not None:
+    try:
+        with eval_mode(model), bar:
+            for batch in loader:
+                good = []
+                for item in batch:
+                    if item.error is None:
+                        good.append(item)
+                        continue
                     named = str(item.path) in item.error
-                    raise ValueError(item.error if named else f"{item.path}: {item.error}")
-            results = model.detect([item.image.to(device) for item in batch], paste_masks=False)
-            for item, result in zip(batch, results):
-                record, overlay = _record_and_overlay(
-                    item.image,
-                    item.path,
-                    result.to("cpu"),
-                    score_thresh=score_thresh,
-                    paste=mask_cfg.paste,
-                    thresh=mask_cfg.threshold,
-                )
-                target = out / f"{_unique_stem(item.path, used)}.png"
-                overlay.save(target)
-                records.append(record)
-                overlays.append(target)
-            bar.update(len(batch))
-    json_path = out / "predictions.json"
-    json_path.write_text(json.dumps(records) + "\n")
+                    bad.append((item.path, item.error if named else f"{item.path}: {item.error}"))
+                    skip = ", skipped" if skip_bad_images else ""
+                    tqdm.write(f"cannot read {bad[-1][1]}{skip}")
+                images = [item.image.to(device) for item in good if item.image is not None]
+                results = model.detect(images, paste_masks=False) if images else []
+                for item, result in zip(good, results):
+                    record, overlay = _record_and_overlay(
+                        item.image,
+                        item.path,
+                        result.to("cpu"),
+                        score_thresh=score_thresh,
+                        paste=mask_cfg.paste,
+                        thresh=mask_cfg.threshold,
+                    )
+                    target = out / f"{_unique_stem(item.path, used)}.png"
+                    overlay.save(target)
+                    records.append(record)
+                    overlays.append(target)
+                bar.update(len(batch))
+    finally:  # the results so far are kept, whatever stops the loop
+        json_path.write_text(json.dumps(records) + "\n")
+    if bad and not skip_bad_images:
+        raise ValueError(
+            f"{len(bad)} of {len(paths)} images could not be read: "
+            + "; ".join(error for _, error in bad)
+            + f". The {len(records)} others are in {json_path}; --skip-bad-images skips them"
+        )
     seconds = time.perf_counter() - start
-    rate = len(paths) / seconds if seconds > 0 else float("inf")
-    print(f"{len(paths)} images in {seconds:.2f} s: {rate:.2f} images/s -> {out}")
-    return PredictSummary(len(paths), seconds, rate, json_path, overlays)
+    done = len(records)
+    rate = done / seconds if seconds > 0 else float("inf")
+    skipped = f", {len(bad)} unreadable skipped" if bad else ""
+    print(f"{done} images in {seconds:.2f} s: {rate:.2f} images/s{skipped} -> {out}")
+    return PredictSummary(done, seconds, rate, json_path, overlays, tuple(p for p, _ in bad))

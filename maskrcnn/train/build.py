@@ -1,16 +1,18 @@
 """Setting up a run: ``build_run(cfg, resume) -> TrainRun``.
 
 Every check that can fail happens here, before any step: the process group, the device and
-precision, the data (annotation files, categories), the model configuration and, with
-``resume``, whether the run folder's checkpoint fits. Then the model is built (seeded),
-moved, optionally restored, and the run folder is prepared (stale temporaries removed,
-``metrics.jsonl`` cut back to the checkpoint's step, ``train_config.json`` written).
+precision, the data (annotation files, categories; every validation image is decoded once),
+the model configuration and, with ``resume``, whether the run folder's checkpoint fits. Then
+the model is built (seeded), moved, optionally restored, and the run folder is prepared
+(stale temporaries removed, ``metrics.jsonl`` cut back to the checkpoint's step,
+``train_config.json`` written).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,6 +40,7 @@ from maskrcnn.train.distributed import (
 from maskrcnn.train.metrics import MetricsWriter
 from maskrcnn.train.resumable_data import TrainData
 from maskrcnn.train.schedule import WarmupMultiStepLR, build_optimization
+from maskrcnn.train.validation_set import check_validation_set
 
 logger = logging.getLogger("maskrcnn.train")
 
@@ -223,10 +226,33 @@ def _datasets(cfg: TrainConfig) -> tuple[CocoDataset, CocoDataset | None]:
     )
     if train_set.categories.num_categories == 0:
         raise ValueError(f"{data.train_ann}: no categories to train on")
+    _warn_without_targets(train_set)
     val_set = None
     if data.val_ann is not None and data.val_images is not None:
         val_set = CocoDataset(data.val_ann, data.val_images, categories=train_set.categories)
+        check_validation_set(val_set, max_images=cfg.eval.max_images)
     return train_set, val_set
+
+
+def _warn_without_targets(train_set: CocoDataset) -> None:
+    """Warns (``UserWarning``) when no annotation of the training set is a usable target."""
+    stats = train_set.stats
+    if stats.targets > 0:
+        return
+    dropped = {
+        "crowd": stats.crowd,
+        "degenerate boxes": stats.degenerate_boxes,
+        "degenerate polygons": stats.degenerate_polygons,
+        "no segmentation": stats.missing_segmentations,
+    }
+    why = ", ".join(f"{n} {name}" for name, n in dropped.items() if n) or "no annotations"
+    warnings.warn(
+        f"{train_set.ann_file}: no usable training target in {stats.images} images "
+        f"({stats.annotations} annotations: {why}); every image is a negative, so the model "
+        "can learn nothing but background",
+        UserWarning,
+        stacklevel=3,
+    )
 
 
 def _prepare_run_dir(run_dir: Path, cfg: TrainConfig, metrics: MetricsWriter, step: int) -> None:

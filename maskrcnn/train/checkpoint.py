@@ -185,8 +185,19 @@ def save_checkpoint(
 
     Returns:
         The path of ``last.ckpt`` and of the iteration file (or None).
+
+    Raises:
+        ValueError: the model or optimizer state holds a NaN or an infinity (nothing is
+            written, so the last good checkpoint stays).
     """
+    from maskrcnn.weights.native import check_finite
+
     run_dir = Path(run_dir)
+    check_finite(
+        {"model": state.model, "optimizer": state.optimizer},
+        what="the training state",
+        path=run_dir / LAST,
+    )
     last = atomic_torch_save(state.to_dict(), run_dir / LAST)
     if keep == 0:
         return last, None

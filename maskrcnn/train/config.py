@@ -19,6 +19,7 @@ is ``base_lr * data.batch_size / base_batch_size`` (:attr:`TrainConfig.lr`).
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -138,6 +139,8 @@ class OptimConfig:
         if self.kind not in OPTIMIZERS:
             check.fail("kind", f"the optimizer must be one of {list(OPTIMIZERS)}")
         check.numbers("base_lr", "momentum", "weight_decay")
+        if not 0.0 <= self.momentum < 1.0:
+            check.fail("momentum", "must be in [0, 1)")
         check.ints("base_batch_size", minimum=1)
         check.bools("no_decay_norm_bias")
         check.numbers("clip_grad_norm", positive=True, optional=True)
@@ -454,4 +457,5 @@ def _is_int(value: Any) -> bool:
 
 
 def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+    """A finite int or float (not a bool; NaN and infinities are refused)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)

@@ -2,7 +2,9 @@
 
 Before the backward pass every rank shares its losses and three flags (non-finite loss,
 stop signal, time budget spent) in one all-reduce, so that all ranks skip, step or stop
-together. A skipped step leaves the weights and the optimizer state untouched.
+together. A skipped step leaves the weights and the optimizer state untouched: that includes
+an update that makes a weight or the optimizer state non-finite (say ``lr`` NaN, or an
+overflow), which is rolled back from a copy taken before the update and counted as skipped.
 """
 
 from __future__ import annotations
@@ -28,7 +30,8 @@ class StepOutcome:
     Attributes:
         names: ``loss_total`` and the model's loss names.
         values: their values, averaged over ranks (NaN when the step was skipped).
-        skipped: the loss or the gradient was not finite (on some rank); nothing changed.
+        skipped: the loss, the gradient or the updated weights were not finite (on some rank);
+            nothing changed (an update that made weights non-finite was rolled back).
         stop_signal: some rank received SIGINT/SIGTERM.
         out_of_time: some rank's wall-clock budget is spent.
     """
@@ -129,9 +132,57 @@ class StepRunner:
             if scaler is None and not bool(torch.isfinite(norm)):
                 self.optimizer.zero_grad(set_to_none=True)
                 return False
+        saved = _OptimizerSnapshot(self.optimizer)
         if scaler is not None:  # the scaler skips steps with inf/NaN gradients by itself
             scaler.step(self.optimizer)
             scaler.update()
         else:
             self.optimizer.step()
+        finite = saved.all_finite()
+        if self.info.distributed:  # every rank rolls back if any rank's update blew up
+            flag = torch.tensor([float(not finite)], device=self.device)
+            dist.all_reduce(flag)
+            finite = not bool(flag.item() > 0)
+        if not finite:
+            saved.restore()
+            self.optimizer.zero_grad(set_to_none=True)
+            return False
         return True
+
+
+class _OptimizerSnapshot:
+    """A copy of an optimizer's parameters and state, to roll back a non-finite update."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer) -> None:
+        self.optimizer = optimizer
+        self.params = [p for g in optimizer.param_groups for p in g["params"]]
+        self.values = [p.detach().clone() for p in self.params]
+        self.state = {p: _clone_state(optimizer.state[p]) for p in self.params}
+
+    def all_finite(self) -> bool:
+        """Every parameter and floating-point state tensor is finite."""
+        tensors = [p.detach() for p in self.params]
+        for p in self.params:
+            tensors.extend(
+                v
+                for v in self.optimizer.state[p].values()
+                if torch.is_tensor(v) and v.is_floating_point()
+            )
+        if not tensors:
+            return True
+        return bool(torch.stack([torch.isfinite(t).all() for t in tensors]).all())
+
+    def restore(self) -> None:
+        """Puts the parameters and the state back as they were at construction."""
+        with torch.no_grad():
+            for p, value in zip(self.params, self.values):
+                p.copy_(value)
+        for p in self.params:
+            if self.state[p]:
+                self.optimizer.state[p] = self.state[p]
+            else:
+                self.optimizer.state.pop(p, None)
+
+
+def _clone_state(state: dict[str, Any]) -> dict[str, Any]:
+    return {k: v.detach().clone() if torch.is_tensor(v) else v for k, v in state.items()}

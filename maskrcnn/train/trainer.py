@@ -40,7 +40,7 @@ from maskrcnn.train.evaluate import evaluate_run
 from maskrcnn.train.hooks.base import Hook, LoopState, StopReason
 from maskrcnn.train.hooks.checkpoint import CheckpointHook
 from maskrcnn.train.hooks.curves import CURVES, CurvesHook
-from maskrcnn.train.hooks.evaluation import EvalHook
+from maskrcnn.train.hooks.evaluation import EvalHook, FinalEvaluationError
 from maskrcnn.train.hooks.final_model import FINAL_MODEL, FinalModelHook
 from maskrcnn.train.hooks.metrics import MetricsHook
 from maskrcnn.train.hooks.nonfinite import NonFiniteHook, NonFiniteLossError
@@ -49,7 +49,14 @@ from maskrcnn.train.seeding import seed_step
 from maskrcnn.train.signals import StopSignals
 from maskrcnn.train.step import StepRunner
 
-__all__ = ["FINAL_MODEL", "NonFiniteLossError", "TrainResult", "Trainer", "train"]
+__all__ = [
+    "FINAL_MODEL",
+    "FinalEvaluationError",
+    "NonFiniteLossError",
+    "TrainResult",
+    "Trainer",
+    "train",
+]
 
 logger = logging.getLogger("maskrcnn.train")
 
@@ -121,9 +128,16 @@ class Trainer:
             skipped_steps=run.start.counters.skipped_steps,
             elapsed_before=run.start.counters.elapsed_seconds,
         )
-        self.eval_hook = EvalHook(functools.partial(evaluate_run, run), period=cfg.eval.period)
         main = run.dist.is_main
-        self.final_model_hook = FinalModelHook(run.model, run.run_dir / FINAL_MODEL, enabled=main)
+        final_model = run.run_dir / FINAL_MODEL
+        retry = (
+            f"the trained model is {final_model}; evaluate it with: maskrcnn eval --weights "
+            f"{final_model} --ann {cfg.data.val_ann} --images {cfg.data.val_images}"
+        )
+        self.eval_hook = EvalHook(
+            functools.partial(evaluate_run, run), period=cfg.eval.period, retry_hint=retry
+        )
+        self.final_model_hook = FinalModelHook(run.model, final_model, enabled=main)
         self.hooks: list[Hook] = [
             ProgressHook(period=cfg.log.period, enabled=cfg.log.progress and main),
             NonFiniteHook(max_in_a_row=cfg.runtime.max_nonfinite, run_dir=run.run_dir, warn=main),
@@ -133,8 +147,8 @@ class Trainer:
                 period=cfg.checkpoint.period,
                 last_checkpoint=run.run_dir / ckpt.LAST,
             ),
-            self.eval_hook,
             self.final_model_hook,
+            self.eval_hook,
             CurvesHook(run.metrics.path, run.run_dir / CURVES, enabled=main),
         ]
 

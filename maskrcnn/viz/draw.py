@@ -47,6 +47,19 @@ def _binary_masks(instances: Instances, size: tuple[int, int]) -> Tensor | None:
     return masks if masks.dtype == torch.bool else masks >= 0.5
 
 
+def mask_canvas(image: Tensor) -> np.ndarray:
+    """[H, W, 3] float32 pixels (0..255) of a [3, H, W] image, to blend masks into one at a
+    time with :func:`blend_mask` (memory: the image, whatever the number of masks)."""
+    return _to_uint8_hwc(image).astype(np.float32)
+
+
+def blend_mask(
+    canvas: np.ndarray, mask: np.ndarray, color: tuple[int, int, int], *, alpha: float = 0.45
+) -> None:
+    """Blends ``color`` into ``canvas`` [H, W, 3] float32 where ``mask`` [H, W] bool is set."""
+    canvas[mask] = canvas[mask] * (1 - alpha) + np.asarray(color, np.float32) * alpha
+
+
 def draw_instances(
     image: Tensor,
     instances: Instances,
@@ -77,8 +90,7 @@ def draw_instances(
     colors = {i: instance_color(j) for j, i in enumerate(keep)}
     if masks is not None:
         for i in keep:
-            m = masks[i].cpu().numpy()
-            canvas[m] = canvas[m] * (1 - alpha) + np.asarray(colors[i], np.float32) * alpha
+            blend_mask(canvas, masks[i].cpu().numpy(), colors[i], alpha=alpha)
     out = Image.fromarray(canvas.round().astype(np.uint8), mode="RGB")
     draw = ImageDraw.Draw(out)
     font = ImageFont.load_default()

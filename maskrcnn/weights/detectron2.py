@@ -299,7 +299,12 @@ def from_detectron2(
     Raises:
         ValueError: unknown keys, a refused pickle global, or weights that do not fit.
     """
-    state = convert_detectron2_state_dict(read_detectron2_weights(path))
+    source = "detectron2 weights" if isinstance(path, Mapping) else str(path)
+    weights = read_detectron2_weights(path)
+    try:
+        state = convert_detectron2_state_dict(weights)
+    except ValueError as err:
+        raise ValueError(f"{source}: {err}") from err
     inferred = {
         "num_classes": int(state["roi_heads.box_predictor.cls_score.weight"].shape[0]) - 1,
         "depth": _infer_depth(state),
@@ -315,5 +320,5 @@ def from_detectron2(
         raise ValueError("grouped-convolution (ResNeXt) detectron2 checkpoints are not supported")
     cfg = detectron2_config(category_names=tuple(category_names), **overrides)
     model = build_model(cfg)  # (FrozenBN drops any num_batches_tracked when loading)
-    load_exact(model, state, source="detectron2 checkpoint")
+    load_exact(model, state, source=f"detectron2 checkpoint {source}")
     return model.eval()

@@ -11,6 +11,7 @@ import json
 import os
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors import SafetensorError
@@ -22,11 +23,43 @@ from maskrcnn.modeling import MaskRCNN, build_model
 FORMAT = "maskrcnn/1"
 
 
+def nonfinite_entries(tree: Any, prefix: str = "") -> list[str]:
+    """Dotted names of the floating-point tensors in ``tree`` (nested dicts, lists, tuples of
+    tensors and plain values) that hold a NaN or an infinity."""
+    if torch.is_tensor(tree):
+        bad = tree.is_floating_point() and not bool(torch.isfinite(tree).all())
+        return [prefix or "<tensor>"] if bad else []
+    items: Any = ()
+    if isinstance(tree, dict):
+        items = tree.items()
+    elif isinstance(tree, (list, tuple)):
+        items = enumerate(tree)
+    names: list[str] = []
+    for key, value in items:
+        names.extend(nonfinite_entries(value, f"{prefix}.{key}" if prefix else str(key)))
+    return names
+
+
+def check_finite(tree: Any, *, what: str, path: str | Path) -> None:
+    """Raises a ``ValueError`` naming ``path`` and the first non-finite tensors of ``tree``."""
+    bad = nonfinite_entries(tree)
+    if bad:
+        shown = ", ".join(bad[:3]) + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
+        raise ValueError(
+            f"refusing to write {path}: {what} holds non-finite values (NaN/inf) in {shown}"
+        )
+
+
 def save_model(model: MaskRCNN, path: str | Path) -> Path:
-    """Writes ``model``'s weights and configuration to ``path`` (a .safetensors file)."""
+    """Writes ``model``'s weights and configuration to ``path`` (a .safetensors file).
+
+    Raises:
+        ValueError: a weight holds a NaN or an infinity (nothing is written).
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    check_finite(tensors, what="the model", path=path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     metadata = {"format": FORMAT, "config": json.dumps(model.cfg.to_dict())}
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
@@ -67,5 +100,9 @@ def load_model(path: str | Path, *, device: str | torch.device = "cpu") -> MaskR
 
     cfg = read_config(path)
     model = build_model(cfg)
-    load_exact(model, load_file(str(path), device=str(device)), source=str(path))
+    try:
+        tensors = load_file(str(path), device=str(device))
+    except (SafetensorError, OSError) as err:
+        raise ValueError(f"{path}: not a readable safetensors file ({err})") from err
+    load_exact(model, tensors, source=str(path))
     return model.to(device).eval()

@@ -179,7 +179,12 @@ def _from_state_dict(state: Mapping[str, Any], source: str, **kwargs: Any) -> Ma
             "v2" if any(k.startswith("roi_heads.box_head.0.") for k in keys) else "v1"
         )
         rows = state.get("roi_heads.box_predictor.cls_score.weight")
-        if rows is not None and rows.shape[0] == len(COCO_91_NAMES):
+        if rows is None:
+            raise ValueError(
+                f"{source}: not a whole torchvision Mask R-CNN checkpoint: the key "
+                "'roi_heads.box_predictor.cls_score.weight' (the class scores) is missing"
+            )
+        if rows.shape[0] == len(COCO_91_NAMES):
             kwargs.setdefault("category_names", COCO_91_NAMES)
         return from_torchvision(dict(state), variant, **kwargs)
     if "backbone.bottom_up.stem.conv1.weight" in keys or any(

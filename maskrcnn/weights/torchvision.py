@@ -48,13 +48,18 @@ def read_state_dict(source: str | Path | Mapping[str, Tensor]) -> dict[str, Tens
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
     if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
         from safetensors.torch import load_file
 
-        return load_file(str(path))
+        try:
+            return load_file(str(path))
+        except (SafetensorError, OSError) as err:
+            raise ValueError(f"{path}: not a readable safetensors file ({err})") from err
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - the unpickler's refusals have many types
-        raise ValueError(f"{path}: not a weights-only torch checkpoint ({err})") from err
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise ValueError(f"{path}: not a weights-only torch checkpoint ({first})") from err
     if isinstance(data, Mapping) and "model" in data and isinstance(data["model"], Mapping):
         data = data["model"]
     if not isinstance(data, Mapping):
@@ -158,12 +163,23 @@ def from_torchvision(
         **kwargs: torchvision builder arguments (``box_score_thresh``, ``min_size``, ...) and
             ``norm_eps`` (see :func:`torchvision_config`).
     """
+    source = (
+        "torchvision state dict"
+        if isinstance(state_dict_or_path, Mapping)
+        else str(state_dict_or_path)
+    )
     state_dict = convert_torchvision_state_dict(read_state_dict(state_dict_or_path))
+    classes = "roi_heads.box_predictor.cls_score.weight"
+    if classes not in state_dict:
+        raise ValueError(
+            f"{source}: not a whole torchvision Mask R-CNN checkpoint: the key {classes!r} "
+            "(the class scores) is missing"
+        )
     if "num_classes" not in kwargs:
-        kwargs["num_classes"] = int(state_dict["roi_heads.box_predictor.cls_score.weight"].shape[0])
+        kwargs["num_classes"] = int(state_dict[classes].shape[0])
     cfg = torchvision_config(variant, **kwargs).replace(category_names=tuple(category_names))
     model = build_model(cfg)
-    load_exact(model, state_dict, source="torchvision checkpoint")
+    load_exact(model, state_dict, source=f"torchvision checkpoint {source}")
     return model.eval()
 
 

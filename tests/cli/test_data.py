@@ -175,3 +175,12 @@ def test_cli_check_fails_on_errors(shapes, tmp_path, capsys):
         parse(["data", "shapes", "x", "--train", "-1"])
     with pytest.raises(SystemExit):
         parse(["data", "check", "--ann", "a.json"])  # --images is required
+
+
+@pytest.mark.parametrize("option", ["--height", "--width"])
+def test_shapes_refuses_images_too_small(tmp_path, option, capsys):
+    parser = argparse.ArgumentParser()
+    add_data_commands(parser.add_subparsers(dest="command"))
+    with pytest.raises(SystemExit):
+        parser.parse_args(["data", "shapes", str(tmp_path / "s"), option, "8"])
+    assert "expected at least 32 pixels, got 8" in capsys.readouterr().err

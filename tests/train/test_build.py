@@ -69,3 +69,47 @@ def test_precision_goes_through_the_shared_resolver(
     assert run.precision == "bf16"
     with pytest.raises(ValueError, match="'fp16' needs CUDA"):
         build_run(_bf16_cfg(shapes, tmp_path / "d", "fp16"))
+
+
+def _rewrite_train(shapes: ShapesFiles, root: Path, edit) -> ShapesFiles:
+    import dataclasses
+
+    data = json.loads(shapes.train_ann.read_text())
+    edit(data)
+    root.mkdir()
+    train_ann = root / "train.json"
+    train_ann.write_text(json.dumps(data))
+    return dataclasses.replace(shapes, train_ann=train_ann)
+
+
+def _all_crowd(data):
+    for ann in data["annotations"]:
+        ann["iscrowd"] = 1
+
+
+def _all_degenerate(data):
+    for ann in data["annotations"]:
+        ann["bbox"] = [ann["bbox"][0], ann["bbox"][1], 0, 0]
+
+
+def _no_annotations(data):
+    data["annotations"] = []
+
+
+@pytest.mark.parametrize(
+    "edit, why",
+    [(_all_crowd, "crowd"), (_all_degenerate, "degenerate"), (_no_annotations, "0 annotations")],
+)
+def test_a_training_set_without_usable_targets_warns_before_training(
+    tmp_path: Path, shapes: ShapesFiles, edit, why
+) -> None:
+    files = _rewrite_train(shapes, tmp_path / "data", edit)
+    cfg = tiny_config(files, tmp_path / "run")
+    with pytest.warns(UserWarning, match=f"no usable training target.*{why}"):
+        build_run(cfg).close()
+
+
+def test_a_usable_training_set_does_not_warn(tmp_path: Path, shapes: ShapesFiles) -> None:
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*no usable training target")
+        build_run(tiny_config(shapes, tmp_path / "run")).close()

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from train_setup import TINY_MODEL, assignments, one_thread, tiny_config, write_shapes
+from train_setup import TINY_MODEL, assignments, cli_args, one_thread, tiny_config, write_shapes
 
 from maskrcnn.cli.train import main as cli_main
 from maskrcnn.data.shapes import ShapesFiles
@@ -282,8 +282,8 @@ def test_hooks_are_called_in_the_documented_order(
         "NonFiniteHook",
         "MetricsHook",
         "CheckpointHook",
-        "EvalHook",
         "FinalModelHook",
+        "EvalHook",
         "CurvesHook",
     ]
 
@@ -297,3 +297,121 @@ def test_hooks_are_called_in_the_documented_order(
     assert recorder.calls[-1] == ("after_train", 2, "nonfinite")
     assert not (tmp_path / "nan" / "last.ckpt").exists()
     assert not (tmp_path / "nan" / "model_final.safetensors").exists()
+
+
+def test_updates_that_blow_up_are_rolled_back_and_stop_the_run(
+    tmp_path: Path, shapes: ShapesFiles, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = torch.optim.SGD.step
+    calls = [0]
+
+    def step(self, closure=None):
+        calls[0] += 1
+        out = real(self, closure)
+        if calls[0] >= 4:  # the 4th update and every later one makes the weights NaN
+            with torch.no_grad():
+                for group in self.param_groups:
+                    for p in group["params"]:
+                        p.fill_(math.nan)
+        return out
+
+    monkeypatch.setattr(torch.optim.SGD, "step", step)
+    changes = {"schedule.max_iter": 30, "checkpoint.period": 2, "runtime.max_nonfinite": 3}
+    cfg = tiny_config(shapes, tmp_path / "run", changes)
+    with one_thread(), pytest.warns(RuntimeWarning, match="updated weights"):
+        with pytest.raises(NonFiniteLossError) as err:
+            train(cfg)
+    assert "3 non-finite losses in a row (steps 4-6)" in str(err.value)
+    state = ckpt.load_checkpoint(tmp_path / "run" / "last.ckpt")
+    assert state.iteration == 2 and state.counters.skipped_steps == 0
+    assert all(torch.isfinite(v).all() for v in state.model.values() if v.is_floating_point())
+    assert not (tmp_path / "run" / "model_final.safetensors").exists()
+
+
+def test_non_finite_learning_rate_is_refused_up_front(tmp_path: Path, shapes: ShapesFiles) -> None:
+    for item in ["optim.base_lr=NaN", "optim.base_lr=Infinity", "optim.momentum=1.5"]:
+        with pytest.raises(ValueError, match="TrainConfig.optim"):
+            tiny_config(shapes, tmp_path / "run").with_assignments([item])
+
+
+def _val_copy(shapes: ShapesFiles, root: Path, edit) -> ShapesFiles:
+    """``shapes`` with its validation file rewritten by ``edit(data)`` (images copied)."""
+    import dataclasses
+    import shutil
+
+    images = root / "images"
+    shutil.copytree(shapes.image_dir, images)
+    data = json.loads(shapes.val_ann.read_text())
+    edit(data, images)
+    val_ann = root / "val.json"
+    val_ann.write_text(json.dumps(data))
+    return dataclasses.replace(shapes, image_dir=images, val_ann=val_ann)
+
+
+def test_string_validation_ids_are_refused_before_training(
+    tmp_path: Path, shapes: ShapesFiles
+) -> None:
+    def stringify(data, _):
+        for img in data["images"]:
+            img["id"] = f"v{img['id']}"
+        for ann in data["annotations"]:
+            ann["image_id"] = f"v{ann['image_id']}"
+
+    files = _val_copy(shapes, tmp_path / "data", stringify)
+    cfg = tiny_config(files, tmp_path / "run", {"schedule.max_iter": 2}, val=True)
+    with pytest.raises(ValueError, match=r"val.json: 4 image id\(s\) are not integers \('v"):
+        Trainer(cfg)
+    assert not (tmp_path / "run" / "last.ckpt").exists()
+
+
+def test_a_truncated_validation_image_is_named_before_training(
+    tmp_path: Path, shapes: ShapesFiles
+) -> None:
+    names: list[str] = []
+
+    def truncate(data, images):
+        path = images / data["images"][1]["file_name"]
+        path.write_bytes(path.read_bytes()[:200])
+        names.append(path.name)
+
+    files = _val_copy(shapes, tmp_path / "data", truncate)
+    cfg = tiny_config(files, tmp_path / "run", {"schedule.max_iter": 2}, val=True)
+    with pytest.raises(ValueError, match=f"1 image\\(s\\) cannot be evaluated: .*{names[0]}"):
+        Trainer(cfg)
+    assert not (tmp_path / "run" / "last.ckpt").exists()
+
+
+def test_a_failing_final_evaluation_keeps_model_final_and_says_how_to_retry(
+    tmp_path: Path, shapes: ShapesFiles, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    import maskrcnn.train.evaluate as run_eval
+
+    def broken(*args, **kwargs):
+        raise ValueError("evaluation exploded")
+
+    monkeypatch.setattr(run_eval, "evaluate_coco", broken)
+    cfg = tiny_config(shapes, tmp_path / "run", {"schedule.max_iter": 2}, val=True)
+    with one_thread():
+        code = cli_main(["train", *cli_args(cfg)])
+    err = capsys.readouterr().err
+    final = tmp_path / "run" / "model_final.safetensors"
+    assert code == 1 and final.is_file()
+    assert all(torch.isfinite(v).all() for v in load_model(final).state_dict().values())
+    assert "evaluation exploded" in err
+    assert f"maskrcnn eval --weights {final} --ann {shapes.val_ann}" in err
+
+
+def test_resume_without_checkpoint_or_data_names_the_folder(tmp_path: Path, capsys) -> None:
+    out = tmp_path / "empty"
+    assert cli_main(["train", "--out", str(out), "--resume"]) == 2
+    assert f"no checkpoint in {out}" in capsys.readouterr().err
+
+
+def test_an_out_of_range_model_override_is_refused(
+    tmp_path: Path, shapes: ShapesFiles, capsys
+) -> None:
+    cfg = tiny_config(shapes, tmp_path / "run")
+    args = [*cli_args(cfg), "--set", "rpn.nms_thresh=-1"]
+    assert cli_main(["train", *args]) == 2
+    assert "rpn.nms_thresh: must be a number in [0, 1]" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from maskrcnn import build_model, load_model, preset, save_model
-from maskrcnn.weights.native import read_config
+from maskrcnn.weights.native import check_finite, nonfinite_entries, read_config
 
 
 def test_save_load_round_trip(tmp_path):
@@ -52,3 +52,23 @@ def test_model_files_carry_the_inference_precision(tmp_path):
     metadata = {"format": "maskrcnn/1", "config": json.dumps(data)}
     save_file(load_file(str(path)), str(old), metadata=metadata)
     assert load_model(old).cfg == cfg
+
+
+def test_a_model_with_non_finite_weights_is_never_written(tmp_path):
+    model = build_model(preset("r18_fpn", num_classes=3))
+    with torch.no_grad():
+        next(model.parameters()).view(-1)[0] = float("nan")
+    target = tmp_path / "m.safetensors"
+    with pytest.raises(ValueError, match="refusing to write .*non-finite.*backbone"):
+        save_model(model, target)
+    assert not list(tmp_path.iterdir())
+
+
+def test_non_finite_optimizer_state_is_named():
+    tree = {
+        "model": {"w": torch.ones(2)},
+        "optimizer": {"state": {3: {"m": torch.tensor([1.0, float("inf")])}}},
+    }
+    assert nonfinite_entries(tree) == ["optimizer.state.3.m"]
+    with pytest.raises(ValueError, match="last.ckpt: the training state .* optimizer.state.3.m"):
+        check_finite(tree, what="the training state", path="run/last.ckpt")

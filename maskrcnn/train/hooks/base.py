@@ -18,10 +18,10 @@ it and may raise to stop the run (e.g. the non-finite streak's
 that a hook can be tested with a hand-made :class:`LoopState`.
 
 The trainer's list (``Trainer.hooks``) is, in this order: progress bar, non-finite streak,
-metrics rows, checkpoints, evaluation, final model, curves. So a step's checkpoint is taken
+metrics rows, checkpoints, final model, evaluation, curves. So a step's checkpoint is taken
 before its evaluation, a diverging step raises before it is logged, and at the end the last
-rows are written, then the last checkpoint, the final evaluation, the final model and the
-curves (which show that evaluation).
+rows are written, then the last checkpoint, the final model (written even if the evaluation
+then fails), the final evaluation and the curves (which show that evaluation).
 """
 
 from __future__ import annotations

@@ -8,20 +8,29 @@ from maskrcnn.evaluation.coco_eval import EvalResult
 from maskrcnn.train.hooks.base import Hook, LoopState
 
 
+class FinalEvaluationError(RuntimeError):
+    """The evaluation after training failed; the trained model was written before it."""
+
+
 class EvalHook(Hook):
     """Calls ``evaluate(iteration)`` every ``period`` steps (0: never) and when the run ends.
 
     The final evaluation is skipped when one was just made at the last step (it is reused),
     and when the run was interrupted or stopped by an error. ``evaluate`` runs on every rank
-    (the evaluation is gathered) and returns None without a validation set.
+    (the evaluation is gathered) and returns None without a validation set. A failing final
+    evaluation raises :class:`FinalEvaluationError` whose message ends with ``retry_hint``
+    (how to evaluate the written model again).
 
     Attributes:
         final: the final evaluation (None until the run finished, or without validation set).
     """
 
-    def __init__(self, evaluate: Callable[[int], EvalResult | None], *, period: int) -> None:
+    def __init__(
+        self, evaluate: Callable[[int], EvalResult | None], *, period: int, retry_hint: str = ""
+    ) -> None:
         self.evaluate = evaluate
         self.period = period
+        self.retry_hint = retry_hint
         self.latest: tuple[int, EvalResult | None] | None = None
         self.final: EvalResult | None = None
 
@@ -34,5 +43,11 @@ class EvalHook(Hook):
             return
         if self.latest is not None and self.latest[0] == loop.iteration:
             self.final = self.latest[1]
-        else:
+            return
+        try:
             self.final = self.evaluate(loop.iteration)
+        except Exception as err:
+            hint = f"; {self.retry_hint}" if self.retry_hint else ""
+            raise FinalEvaluationError(
+                f"the evaluation after step {loop.iteration} failed: {err}{hint}"
+            ) from err

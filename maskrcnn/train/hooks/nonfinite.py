@@ -14,7 +14,8 @@ class NonFiniteLossError(RuntimeError):
 
 
 class NonFiniteHook(Hook):
-    """Tracks the streak of skipped steps (non-finite loss or gradient, on some rank).
+    """Tracks the streak of skipped steps (non-finite loss, gradient or updated weights, on
+    some rank; a non-finite update is rolled back).
 
     Each skipped step warns (``RuntimeWarning``, when ``warn``); ``max_in_a_row`` of them in a
     row raise :class:`NonFiniteLossError`, whose message names the last good checkpoint in
@@ -40,7 +41,8 @@ class NonFiniteHook(Hook):
         self.streak.append(loop.iteration)
         if self.warn:
             warnings.warn(
-                f"step {loop.iteration}: non-finite loss or gradient, step skipped "
+                f"step {loop.iteration}: non-finite loss, gradient or updated weights, step "
+                "skipped "
                 f"({len(self.streak)} in a row, {loop.skipped_steps} in all; stop at "
                 f"{self.max_in_a_row} in a row)",
                 RuntimeWarning,
@@ -61,6 +63,7 @@ def diverged_message(run_dir: Path, streak: list[int]) -> str:
     )
     return (
         f"{len(streak)} non-finite losses in a row (steps {streak[0]}-{streak[-1]}): training "
-        f"stopped; {kept}. Lower the learning rate (optim.base_lr) or set optim.clip_grad_norm, "
-        "then continue with --resume."
+        f"stopped (a non-finite loss, gradient or updated weights each time); {kept}. Lower "
+        "the learning rate (optim.base_lr) or set optim.clip_grad_norm, then continue with "
+        "--resume."
     )
