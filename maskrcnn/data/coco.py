@@ -81,6 +81,7 @@ class DatasetStats:
     crowd: int = 0
     degenerate_boxes: int = 0
     degenerate_polygons: int = 0
+    bad_coordinates: int = 0  # polygons with non-finite or far-out coordinates (dropped)
     missing_segmentations: int = 0
     # counted while loading
     empty_masks: int = 0
@@ -95,6 +96,7 @@ _DROP_COUNTERS = {
     Kind.CROWD: "crowd",
     Kind.DEGENERATE_BOX: "degenerate_boxes",
     Kind.DEGENERATE_POLYGON: "degenerate_polygons",
+    Kind.BAD_COORDINATES: "bad_coordinates",
     Kind.MISSING_SEGMENTATION: "missing_segmentations",
 }
 
@@ -150,6 +152,14 @@ class CocoDataset(Dataset[Sample]):
             elif problem.kind in _DROP_COUNTERS:
                 counter = _DROP_COUNTERS[problem.kind]
                 setattr(self.stats, counter, getattr(self.stats, counter) + 1)
+                if problem.kind is Kind.BAD_COORDINATES:
+                    logger.warning(
+                        "%s: dropping %s (image %s): %s",
+                        self.ann_file,
+                        problem.subject,
+                        img["file_name"],
+                        problem.detail,
+                    )
             else:
                 self._problems.append(problem)
         self.stats.targets = sum(len(anns) for anns in self._targets.values())
