@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import warnings
 from collections import Counter
 from collections.abc import Container
@@ -43,15 +44,18 @@ class Kind(str, Enum):
     BAD_COORDINATES = "bad_coordinates"
     MISSING_SEGMENTATION = "missing_segmentation"
     EMPTY_MASK = "empty_mask"
+    OUTSIDE_IMAGE_DIR = "outside_image_dir"
+    BACKGROUND_CATEGORY = "background_category"
     CROWD = "crowd"
     EMPTY_IMAGE = "empty_image"
 
     @property
     def severity(self) -> str:
-        """``"error"`` (training cannot proceed), ``"warning"`` (dropped) or ``"info"``."""
+        """``"error"`` (training cannot proceed), ``"warning"`` (dropped, or used but worth a
+        look) or ``"info"``."""
         if self in _WARNINGS:
             return "warning"
-        if self in (Kind.CROWD, Kind.EMPTY_IMAGE):
+        if self in (Kind.CROWD, Kind.EMPTY_IMAGE, Kind.BACKGROUND_CATEGORY):
             return "info"
         return "error"
 
@@ -62,6 +66,7 @@ _WARNINGS = (
     Kind.BAD_COORDINATES,
     Kind.MISSING_SEGMENTATION,
     Kind.EMPTY_MASK,
+    Kind.OUTSIDE_IMAGE_DIR,
 )
 
 
@@ -196,6 +201,17 @@ def _annotation_problem(
     if segm is not None and not _segmentation_well_formed(segm):
         return Problem(Kind.BAD_SEGMENTATION, subject, "segmentation is neither polygons nor RLE")
     return None
+
+
+def outside_image_dir(file_name: str) -> bool:
+    """True if ``file_name`` is absolute or climbs out of the image folder with ``..``.
+
+    Judged on the text alone (symbolic links inside the folder are the user's business).
+    """
+    if os.path.isabs(file_name) or file_name.startswith(("/", "\\")):
+        return True
+    parts = os.path.normpath(file_name.replace("\\", "/")).split(os.sep)
+    return bool(parts) and parts[0] == ".."
 
 
 def classify(ann: dict[str, Any], height: int, width: int) -> Problem | None:

@@ -20,6 +20,7 @@ from maskrcnn.data.annotations import (
     Problem,
     classify,
     decode_mask,
+    outside_image_dir,
     read_coco_json,
     scan,
 )
@@ -124,6 +125,15 @@ def _image_subject(img: dict[str, Any]) -> str:
 
 def _check_image_file(img: dict[str, Any], image_dir: Path, decode: bool) -> list[Problem]:
     path = image_dir / img["file_name"]
+    subject = _image_subject(img)
+    found: list[Problem] = []
+    if outside_image_dir(img["file_name"]):
+        detail = f"file_name points outside {image_dir} (absolute, or '..'); it is read from there"
+        found.append(Problem(Kind.OUTSIDE_IMAGE_DIR, subject, detail))
+    return found + _check_image_contents(img, path, decode)
+
+
+def _check_image_contents(img: dict[str, Any], path: Path, decode: bool) -> list[Problem]:
     subject = _image_subject(img)
     if not path.is_file():
         return [Problem(Kind.MISSING_IMAGE, subject, "file not found")]

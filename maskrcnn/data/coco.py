@@ -30,6 +30,7 @@ from maskrcnn.data.annotations import (
     bbox_xyxy,
     classify,
     decode_mask,
+    outside_image_dir,
     read_coco_json,
     scan,
 )
@@ -82,6 +83,7 @@ class DatasetStats:
     degenerate_boxes: int = 0
     degenerate_polygons: int = 0
     bad_coordinates: int = 0  # polygons with non-finite or far-out coordinates (dropped)
+    outside_image_dir: int = 0  # images whose file_name is absolute or has '..' (read, warned)
     missing_segmentations: int = 0
     # counted while loading
     empty_masks: int = 0
@@ -165,8 +167,28 @@ class CocoDataset(Dataset[Sample]):
         self.stats.targets = sum(len(anns) for anns in self._targets.values())
         self.stats.negative_images = sum(not anns for anns in self._targets.values())
         self._bad: set[int] = set()
+        self._warn_outside_image_dir()
         self.validate(check_sizes=check_sizes)
         self.coco = _silent_coco(data)
+
+    def _warn_outside_image_dir(self) -> None:
+        outside = [
+            self._images[i]["file_name"]
+            for i in self.image_ids
+            if outside_image_dir(self._images[i]["file_name"])
+        ]
+        self.stats.outside_image_dir = len(outside)
+        if outside:
+            more = f", ... {len(outside) - _MAX_LISTED} more" if len(outside) > _MAX_LISTED else ""
+            logger.warning(
+                "%s: %d image file(s) outside the image folder %s (absolute, or '..') are read "
+                "from there: %s%s",
+                self.ann_file,
+                len(outside),
+                self.image_dir,
+                ", ".join(outside[:_MAX_LISTED]),
+                more,
+            )
 
     def validate(self, *, check_sizes: bool = False) -> None:
         """Raises one :class:`DatasetError` listing every problem that would stop training.

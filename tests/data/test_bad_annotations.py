@@ -152,3 +152,30 @@ def test_valid_rle_in_bytes_still_decodes(make_coco):
     ann_file, image_dir = make_coco([image_entry(1)], [ann(1, rle)])
     assert json.loads(ann_file.read_text())["annotations"][0]["segmentation"] == rle
     assert np.array_equal(CocoDataset(ann_file, image_dir).targets(0).masks[0].numpy(), mask)
+
+
+def test_file_names_outside_the_image_folder_are_warned(make_coco, tmp_path: Path, caplog):
+    from PIL import Image
+
+    ann_file, image_dir = make_coco([image_entry(1)], [ann(1, GOOD)])
+    Image.new("RGB", (30, 20)).save(tmp_path / "outside.png")
+    Image.new("RGB", (30, 20)).save(tmp_path / "absolute.png")
+    (image_dir / "sub").mkdir()
+    data = json.loads(ann_file.read_text())
+    data["images"] += [
+        {**image_entry(2), "file_name": "../outside.png"},
+        {**image_entry(3), "file_name": str(tmp_path / "absolute.png")},
+        {**image_entry(4), "file_name": "sub/../img1.png"},  # stays inside: fine
+    ]
+    ann_file.write_text(json.dumps(data))
+    report = check_dataset(ann_file, image_dir)
+    assert [p.subject for p in report.of_kind(Kind.OUTSIDE_IMAGE_DIR)] == [
+        "image 2 (../outside.png)",
+        f"image 3 ({tmp_path / 'absolute.png'})",
+    ]
+    assert not report.has_errors and Kind.OUTSIDE_IMAGE_DIR.severity == "warning"
+    with caplog.at_level("WARNING"):
+        ds = CocoDataset(ann_file, image_dir)
+    assert ds.stats.outside_image_dir == 2
+    assert "2 image file(s) outside the image folder" in caplog.text
+    assert "../outside.png" in caplog.text and "sub/../img1.png" not in caplog.text
