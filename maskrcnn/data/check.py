@@ -24,6 +24,7 @@ from maskrcnn.data.annotations import (
     read_coco_json,
     scan,
 )
+from maskrcnn.data.categories import placeholder_backgrounds
 from maskrcnn.data.io import DECODE_ERRORS, exif_orientation
 
 _SEVERITY_ORDER = {"error": 0, "warning": 1, "info": 2}
@@ -90,6 +91,9 @@ def check_dataset(
     for cid, n in category_ids.items():
         if n > 1:
             report.issues.append(Problem(Kind.DUPLICATE_ID, f"category {cid}", f"used {n} times"))
+    for cat in placeholder_backgrounds(data["categories"], data["annotations"]):
+        detail = f"{cat.get('name')!r} has no annotations: left out of the trained classes"
+        report.issues.append(Problem(Kind.BACKGROUND_CATEGORY, f"category {cat.get('id')}", detail))
     scanned = scan(data, set(category_ids))
     report.issues.extend(scanned.problems)
     images = {img["id"]: img for img in scanned.images}

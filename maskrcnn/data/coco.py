@@ -34,7 +34,7 @@ from maskrcnn.data.annotations import (
     read_coco_json,
     scan,
 )
-from maskrcnn.data.categories import CategoryMap
+from maskrcnn.data.categories import CategoryMap, placeholder_backgrounds
 from maskrcnn.data.io import ImageReadError, image_size, load_image
 from maskrcnn.structures import Instances
 
@@ -322,8 +322,18 @@ class CocoDataset(Dataset[Sample]):
 
 
 def _category_map(data: dict[str, Any], given: CategoryMap | None, ann_file: Path) -> CategoryMap:
+    placeholders = placeholder_backgrounds(data["categories"], data["annotations"])
+    if placeholders and given is None:
+        logger.warning(
+            "%s: leaving out background placeholder categor%s %s (no annotations; the model "
+            "has its own background class)",
+            ann_file,
+            "y" if len(placeholders) == 1 else "ies",
+            ", ".join(f"{c.get('id')} {c.get('name')!r}" for c in placeholders),
+        )
+    kept = [c for c in data["categories"] if not any(c is p for p in placeholders)]
     try:
-        in_file = CategoryMap.from_coco(data["categories"], source=str(ann_file))
+        in_file = CategoryMap.from_coco(kept, source=str(ann_file))
     except ValueError as err:
         raise DatasetError(str(err)) from err
     if given is None:

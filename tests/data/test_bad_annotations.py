@@ -179,3 +179,26 @@ def test_file_names_outside_the_image_folder_are_warned(make_coco, tmp_path: Pat
     assert ds.stats.outside_image_dir == 2
     assert "2 image file(s) outside the image folder" in caplog.text
     assert "../outside.png" in caplog.text and "sub/../img1.png" not in caplog.text
+
+
+def test_labelme_background_category_is_not_a_trained_class(make_coco, caplog):
+    # as labelme's labelme2coco writes it: id 0 "_background_" first, never used
+    categories = [
+        {"supercategory": None, "id": 0, "name": "_background_"},
+        {"supercategory": None, "id": 1, "name": "cell"},
+        {"supercategory": None, "id": 2, "name": "Background"},  # used below: a real class
+    ]
+    anns = [{**ann(1, GOOD), "category_id": 1}, {**ann(2, GOOD), "category_id": 2}]
+    ann_file, image_dir = make_coco([image_entry(1)], anns, categories)
+    report = check_dataset(ann_file, image_dir)
+    (found,) = report.of_kind(Kind.BACKGROUND_CATEGORY)
+    assert found.subject == "category 0" and "left out of the trained classes" in found.detail
+    assert not report.has_errors
+    with caplog.at_level("WARNING"):
+        ds = CocoDataset(ann_file, image_dir)
+    assert ds.categories.category_ids == (1, 2)
+    assert ds.categories.names_by_label == ("__background__", "cell", "Background")
+    assert "0 '_background_'" in caplog.text
+    assert ds.targets(0).labels.tolist() == [1, 2]
+    validation = CocoDataset(ann_file, image_dir, categories=ds.categories)
+    assert validation.categories == ds.categories
