@@ -27,13 +27,18 @@ def placeholder_backgrounds(
     its own background (label 0); such categories are left out of the trained classes.
     Malformed entries are ignored here (they are reported elsewhere).
     """
-    used = {a.get("category_id") for a in annotations if isinstance(a, Mapping)}
+    used = {
+        a.get("category_id")
+        for a in annotations
+        if isinstance(a, Mapping) and isinstance(a.get("category_id"), int)
+    }
     return [
         c
         for c in categories
         if isinstance(c, Mapping)
+        and isinstance(c.get("id"), int)
         and str(c.get("name", "")).strip().lower() in BACKGROUND_NAMES
-        and c.get("id") not in used
+        and c["id"] not in used
     ]
 
 

@@ -24,7 +24,7 @@ from maskrcnn.data.annotations import (
     read_coco_json,
     scan,
 )
-from maskrcnn.data.categories import placeholder_backgrounds
+from maskrcnn.data.categories import CategoryMap, placeholder_backgrounds
 from maskrcnn.data.io import DECODE_ERRORS, exif_orientation
 
 _SEVERITY_ORDER = {"error": 0, "warning": 1, "info": 2}
@@ -87,13 +87,24 @@ def check_dataset(
     report.num_images = len(data["images"])
     report.num_annotations = len(data["annotations"])
     report.num_categories = len(data["categories"])
-    category_ids = Counter(c.get("id") for c in data["categories"] if isinstance(c, dict))
+    category_ids = Counter(
+        c.get("id")
+        for c in data["categories"]
+        if isinstance(c, dict) and isinstance(c.get("id"), (int, str))
+    )
     for cid, n in category_ids.items():
         if n > 1:
             report.issues.append(Problem(Kind.DUPLICATE_ID, f"category {cid}", f"used {n} times"))
-    for cat in placeholder_backgrounds(data["categories"], data["annotations"]):
+    placeholders = placeholder_backgrounds(data["categories"], data["annotations"])
+    for cat in placeholders:
         detail = f"{cat.get('name')!r} has no annotations: left out of the trained classes"
         report.issues.append(Problem(Kind.BACKGROUND_CATEGORY, f"category {cat.get('id')}", detail))
+    if not any(n > 1 for n in category_ids.values()):  # as CocoDataset builds its label map
+        kept = [c for c in data["categories"] if not any(c is p for p in placeholders)]
+        try:
+            CategoryMap.from_coco(kept, source="categories")
+        except ValueError as err:
+            report.issues.append(Problem(Kind.MISSING_FIELD, "categories", str(err)))
     scanned = scan(data, set(category_ids))
     report.issues.extend(scanned.problems)
     images = {img["id"]: img for img in scanned.images}
