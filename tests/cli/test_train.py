@@ -85,3 +85,17 @@ def test_truncated_image_is_a_clear_error_or_skipped(tmp_path: Path, capsys) -> 
         skipping = cfg.with_values({"out_dir": str(tmp_path / "skipping")})
         assert main(["train", *cli_args(skipping), "--skip-bad-images"]) == 0
     assert "2 steps" in capsys.readouterr().out
+
+
+def test_an_error_from_a_loader_worker_is_reported_without_its_traceback() -> None:
+    from maskrcnn.cli.train import _without_worker_traceback
+    from maskrcnn.data.coco import BadImageError
+
+    plain = BadImageError("a.json: image 3: cannot read image x.png: image file is truncated")
+    assert _without_worker_traceback(plain) == str(plain)
+    relayed = BadImageError(  # as torch's DataLoader re-raises what a worker raised
+        "Caught BadImageError in DataLoader worker process 0.\nOriginal Traceback (most recent "
+        'call last):\n  File "coco.py", line 1, in _load\nmaskrcnn.data.coco.BadImageError: '
+        "a.json: image 3: cannot read image x.png: image file is truncated\n"
+    )
+    assert _without_worker_traceback(relayed) == str(plain)
