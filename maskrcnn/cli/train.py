@@ -14,7 +14,8 @@ fp32/bf16/fp16/auto; ``--amp none|auto|bf16|fp16`` is its older spelling (none =
 With ``--resume`` the run's own configuration is read from its checkpoint, and only the
 options given on the command line change it.
 
-Exit codes: 0 done, 1 stopped by non-finite losses, 2 bad input (found before training).
+Exit codes: 0 done, 1 stopped by non-finite losses, 2 bad input (found before training, or
+an unreadable image met while training: the message names the file).
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ _FLAGS = {
     "imagenet": "model.imagenet",
     "device": "runtime.device",
     "seed": "runtime.seed",
+    "skip_bad_images": "data.skip_bad_images",
 }
 
 
@@ -87,6 +89,13 @@ def add_train_command(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--device", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--seed", type=int, help="random seed")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--skip-bad-images",
+        action="store_const",
+        const=True,
+        default=None,
+        help="skip unreadable training images (logged and counted) instead of stopping",
+    )
     p.set_defaults(func=cmd_train)
     return p
 
@@ -159,6 +168,7 @@ def _data_paths(args: argparse.Namespace) -> dict[str, str]:
 
 def cmd_train(args: argparse.Namespace) -> int:
     """Runs ``maskrcnn train``; returns the exit code."""
+    from maskrcnn.data.annotations import DatasetError
     from maskrcnn.train.trainer import FinalEvaluationError, NonFiniteLossError, Trainer
 
     _configure_logging()
@@ -175,6 +185,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     except (NonFiniteLossError, FinalEvaluationError) as err:
         print(f"maskrcnn train: {err}", file=sys.stderr)
         return 1
+    except DatasetError as err:  # an image or annotation found bad while loading
+        hint = "" if cfg.data.skip_bad_images else " (--skip-bad-images skips bad images)"
+        print(f"maskrcnn train: error: {_without_worker_traceback(err)}{hint}", file=sys.stderr)
+        return 2
     if trainer.dist.is_main:
         print(
             f"{result.stop_reason}: {result.iteration} steps in {result.seconds / 60:.1f} min, "
@@ -187,6 +201,17 @@ def cmd_train(args: argparse.Namespace) -> int:
         if result.stop_reason == "interrupted":
             print(f"continue with: maskrcnn train --out {result.run_dir} --resume")
     return 0
+
+
+def _without_worker_traceback(err: Exception) -> str:
+    """The message of ``err``; for one re-raised from a DataLoader worker (whose message holds
+    the worker's traceback), the original message only."""
+    text = str(err)
+    if "Original Traceback" not in text:
+        return text
+    last = text.rstrip().splitlines()[-1]
+    name = f"{type(err).__name__}: "
+    return last.split(name, 1)[1] if name in last else last
 
 
 def _configure_logging() -> None:

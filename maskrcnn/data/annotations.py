@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import warnings
 from collections import Counter
 from collections.abc import Container
@@ -40,17 +41,21 @@ class Kind(str, Enum):
     SIZE_MISMATCH = "size_mismatch"
     DEGENERATE_BOX = "degenerate_box"
     DEGENERATE_POLYGON = "degenerate_polygon"
+    BAD_COORDINATES = "bad_coordinates"
     MISSING_SEGMENTATION = "missing_segmentation"
     EMPTY_MASK = "empty_mask"
+    OUTSIDE_IMAGE_DIR = "outside_image_dir"
+    BACKGROUND_CATEGORY = "background_category"
     CROWD = "crowd"
     EMPTY_IMAGE = "empty_image"
 
     @property
     def severity(self) -> str:
-        """``"error"`` (training cannot proceed), ``"warning"`` (dropped) or ``"info"``."""
+        """``"error"`` (training cannot proceed), ``"warning"`` (dropped, or used but worth a
+        look) or ``"info"``."""
         if self in _WARNINGS:
             return "warning"
-        if self in (Kind.CROWD, Kind.EMPTY_IMAGE):
+        if self in (Kind.CROWD, Kind.EMPTY_IMAGE, Kind.BACKGROUND_CATEGORY):
             return "info"
         return "error"
 
@@ -58,8 +63,10 @@ class Kind(str, Enum):
 _WARNINGS = (
     Kind.DEGENERATE_BOX,
     Kind.DEGENERATE_POLYGON,
+    Kind.BAD_COORDINATES,
     Kind.MISSING_SEGMENTATION,
     Kind.EMPTY_MASK,
+    Kind.OUTSIDE_IMAGE_DIR,
 )
 
 
@@ -196,34 +203,131 @@ def _annotation_problem(
     return None
 
 
+def outside_image_dir(file_name: str) -> bool:
+    """True if ``file_name`` is absolute or climbs out of the image folder with ``..``.
+
+    Judged on the text alone (symbolic links inside the folder are the user's business).
+    """
+    if os.path.isabs(file_name) or file_name.startswith(("/", "\\")):
+        return True
+    parts = os.path.normpath(file_name.replace("\\", "/")).split(os.sep)
+    return bool(parts) and parts[0] == ".."
+
+
 def classify(ann: dict[str, Any], height: int, width: int) -> Problem | None:
     """Why a structurally valid annotation cannot be a training target, or None if it can.
 
     Returns a :class:`Problem` of kind ``CROWD`` (``iscrowd=1``), ``BAD_SEGMENTATION`` (an RLE
-    whose size is not the image's: an error), ``DEGENERATE_BOX`` (no area once clipped to the
-    image), ``MISSING_SEGMENTATION`` or ``DEGENERATE_POLYGON`` (no part with 3 points).
+    whose size is not the image's, or whose ``counts`` are corrupt or do not cover the image
+    exactly: an error), ``DEGENERATE_BOX`` (no area once clipped to the image),
+    ``MISSING_SEGMENTATION``, ``BAD_COORDINATES`` (a polygon coordinate that is not finite or
+    lies far outside the image, see :func:`polygon_coordinates_ok`) or ``DEGENERATE_POLYGON``
+    (no part with 3 points). Nothing is rasterised: this is cheap and bounded in memory.
     """
     subject = f"annotation {ann['id']}"
     if ann.get("iscrowd", 0):
         return Problem(Kind.CROWD, subject)
     segm = ann.get("segmentation")
     if isinstance(segm, dict):
-        size = [int(v) for v in segm["size"]]
-        if size != [height, width]:
-            detail = f"RLE size {size} but image is [{height}, {width}] (h, w)"
-            return Problem(Kind.BAD_SEGMENTATION, subject, detail)
-        counts = segm["counts"]
-        if isinstance(counts, list) and sum(counts) != height * width:
-            detail = f"uncompressed RLE counts sum to {sum(counts)}, not h*w = {height * width}"
+        detail = rle_problem(segm, height, width)
+        if detail is not None:
             return Problem(Kind.BAD_SEGMENTATION, subject, detail)
     x0, y0, x1, y1 = bbox_xyxy(ann["bbox"], height, width)
     if not (x1 > x0 and y1 > y0):
         return Problem(Kind.DEGENERATE_BOX, subject, f"bbox {ann['bbox']} has no area in image")
     if segm is None or (isinstance(segm, list) and not segm):
         return Problem(Kind.MISSING_SEGMENTATION, subject)
-    if isinstance(segm, list) and not clean_polygons(segm):
-        return Problem(Kind.DEGENERATE_POLYGON, subject, "no polygon with 3 or more points")
+    if isinstance(segm, list):
+        parts = clean_polygons(segm)
+        bad = [p for p in parts if not polygon_coordinates_ok(p, height, width)]
+        if bad:
+            detail = f"polygon coordinates not finite or far outside the {width}x{height} image"
+            return Problem(Kind.BAD_COORDINATES, subject, f"{detail}: {bad[0]!r:.60}")
+        if not parts:
+            return Problem(Kind.DEGENERATE_POLYGON, subject, "no polygon with 3 or more points")
     return None
+
+
+def polygon_coordinates_ok(polygon: list[float], height: int, width: int) -> bool:
+    """True if every coordinate is finite and within one image size of the image.
+
+    x must lie in ``[-s, width + s]`` and y in ``[-s, height + s]`` with ``s = max(h, w)``:
+    generous for annotations that leave the frame, and a bound on what rasterising costs
+    (pycocotools' memory grows with the polygon's extent, 1e9 would need gigabytes).
+    """
+    margin = float(max(height, width))
+    xs, ys = polygon[0::2], polygon[1::2]
+    return all(
+        math.isfinite(v) and -margin <= v <= limit + margin
+        for values, limit in ((xs, width), (ys, height))
+        for v in values
+    )
+
+
+def rle_problem(segm: dict[str, Any], height: int, width: int) -> str | None:
+    """What is wrong with a well-formed RLE for an image of this size, or None.
+
+    Checks ``size`` against the image and decodes ``counts`` (a list of run lengths, or
+    pycocotools' compressed string) without rasterising: every run must be non-negative and
+    the runs must cover exactly ``height * width`` pixels (pycocotools does not check this).
+    """
+    size = [int(v) for v in segm["size"]]
+    if size != [height, width]:
+        return f"RLE size {size} but image is [{height}, {width}] (h, w)"
+    counts = segm["counts"]
+    total = height * width
+    if isinstance(counts, list):
+        if sum(counts) != total:
+            return f"uncompressed RLE counts sum to {sum(counts)}, not h*w = {total}"
+        return None
+    try:
+        text = counts.decode("ascii") if isinstance(counts, bytes) else counts
+        runs = decode_rle_string(text, limit=total)
+    except (ValueError, UnicodeDecodeError) as err:
+        return f"corrupt compressed RLE counts: {err}"
+    if sum(runs) != total:
+        return f"compressed RLE runs cover {sum(runs)} pixels, not h*w = {total}"
+    return None
+
+
+def decode_rle_string(counts: str, *, limit: int) -> list[int]:
+    """pycocotools' compressed RLE string -> run lengths (a port of ``rleFrString``).
+
+    Args:
+        counts: the string (characters ``'0'`` to ``'o'``, 5 bits per character).
+        limit: the number of pixels; decoding stops with an error once the runs exceed it.
+
+    Raises:
+        ValueError: a character out of range, a number cut off at the end, a negative run, or
+            runs covering more than ``limit`` pixels.
+    """
+    runs: list[int] = []
+    total, p, n = 0, 0, len(counts)
+    while p < n:
+        x, k, more = 0, 0, True
+        while more:
+            if p >= n:
+                raise ValueError("the string ends inside a number")
+            c = ord(counts[p]) - 48
+            if not 0 <= c < 64 or k > 7:
+                raise ValueError(f"invalid character {counts[p]!r} at {p}")
+            x |= (c & 0x1F) << (5 * k)
+            more = bool(c & 0x20)
+            p += 1
+            k += 1
+            if not more and c & 0x10:
+                x -= 1 << (5 * k)
+        if len(runs) > 2:
+            x += runs[-2]
+        if x < 0:
+            raise ValueError(f"negative run {x} at run {len(runs)}")
+        runs.append(x)
+        total += x
+        if total > limit:
+            raise ValueError(
+                f"runs overflow the image ({total} pixels > {limit} at run {len(runs)})"
+            )
+    return runs
 
 
 def bbox_xyxy(bbox: list[float], height: int, width: int) -> tuple[float, float, float, float]:
@@ -245,6 +349,7 @@ def clean_polygons(segm: list[list[float]]) -> list[list[float]]:
     """The polygon parts with at least 3 points (6 coordinates, an even count).
 
     pycocotools reads a 4-number "polygon" as a box, so short parts must go before decoding.
+    Coordinates are not checked here (:func:`polygon_coordinates_ok` does).
     """
     return [p for p in segm if len(p) >= 6 and len(p) % 2 == 0]
 
@@ -259,13 +364,25 @@ def decode_mask(segm: list[list[float]] | dict[str, Any], height: int, width: in
 
     Returns:
         [height, width] bool mask, as ``COCO.annToMask`` (polygon parts are merged).
+
+    Raises:
+        ValueError: polygon coordinates that are not finite or far outside the image, or an
+            RLE that is corrupt or not of this size (checked before pycocotools sees them, so
+            memory stays bounded by the image size).
     """
     if isinstance(segm, list):
-        rle = mask_utils.merge(mask_utils.frPyObjects(clean_polygons(segm), height, width))
-    elif isinstance(segm["counts"], list):
-        rle = mask_utils.frPyObjects(segm, height, width)
+        parts = clean_polygons(segm)
+        if not all(polygon_coordinates_ok(p, height, width) for p in parts):
+            raise ValueError(f"polygon coordinates not finite or far outside {width}x{height}")
+        rle = mask_utils.merge(mask_utils.frPyObjects(parts, height, width))
     else:
-        rle = {"size": list(segm["size"]), "counts": segm["counts"]}
+        problem = rle_problem(segm, height, width)
+        if problem is not None:
+            raise ValueError(problem)
+        if isinstance(segm["counts"], list):
+            rle = mask_utils.frPyObjects(segm, height, width)
+        else:
+            rle = {"size": list(segm["size"]), "counts": segm["counts"]}
     with warnings.catch_warnings():
         # pycocotools' Cython decoder trips a NumPy 2 deprecation about ``__array__(copy=)``
         warnings.filterwarnings(

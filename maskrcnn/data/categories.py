@@ -13,6 +13,34 @@ from typing import Any
 
 from maskrcnn.data.coco_names import BACKGROUND
 
+# names annotation tools give a background placeholder category (labelme: ``_background_``)
+BACKGROUND_NAMES = ("_background_", "background", "__background__")
+
+
+def placeholder_backgrounds(
+    categories: Iterable[Any], annotations: Iterable[Any]
+) -> list[Mapping[str, Any]]:
+    """Categories that only stand for the background: named as in :data:`BACKGROUND_NAMES`
+    (any case) and used by no annotation.
+
+    labelme's COCO export, for one, lists ``{"id": 0, "name": "_background_"}``. The model has
+    its own background (label 0); such categories are left out of the trained classes.
+    Malformed entries are ignored here (they are reported elsewhere).
+    """
+    used = {
+        a.get("category_id")
+        for a in annotations
+        if isinstance(a, Mapping) and isinstance(a.get("category_id"), int)
+    }
+    return [
+        c
+        for c in categories
+        if isinstance(c, Mapping)
+        and isinstance(c.get("id"), int)
+        and str(c.get("name", "")).strip().lower() in BACKGROUND_NAMES
+        and c["id"] not in used
+    ]
+
 
 @dataclass(frozen=True)
 class CategoryMap:

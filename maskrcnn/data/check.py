@@ -20,9 +20,11 @@ from maskrcnn.data.annotations import (
     Problem,
     classify,
     decode_mask,
+    outside_image_dir,
     read_coco_json,
     scan,
 )
+from maskrcnn.data.categories import CategoryMap, placeholder_backgrounds
 from maskrcnn.data.io import DECODE_ERRORS, exif_orientation
 
 _SEVERITY_ORDER = {"error": 0, "warning": 1, "info": 2}
@@ -85,10 +87,24 @@ def check_dataset(
     report.num_images = len(data["images"])
     report.num_annotations = len(data["annotations"])
     report.num_categories = len(data["categories"])
-    category_ids = Counter(c.get("id") for c in data["categories"] if isinstance(c, dict))
+    category_ids = Counter(
+        c.get("id")
+        for c in data["categories"]
+        if isinstance(c, dict) and isinstance(c.get("id"), (int, str))
+    )
     for cid, n in category_ids.items():
         if n > 1:
             report.issues.append(Problem(Kind.DUPLICATE_ID, f"category {cid}", f"used {n} times"))
+    placeholders = placeholder_backgrounds(data["categories"], data["annotations"])
+    for cat in placeholders:
+        detail = f"{cat.get('name')!r} has no annotations: left out of the trained classes"
+        report.issues.append(Problem(Kind.BACKGROUND_CATEGORY, f"category {cat.get('id')}", detail))
+    if not any(n > 1 for n in category_ids.values()):  # as CocoDataset builds its label map
+        kept = [c for c in data["categories"] if not any(c is p for p in placeholders)]
+        try:
+            CategoryMap.from_coco(kept, source="categories")
+        except ValueError as err:
+            report.issues.append(Problem(Kind.MISSING_FIELD, "categories", str(err)))
     scanned = scan(data, set(category_ids))
     report.issues.extend(scanned.problems)
     images = {img["id"]: img for img in scanned.images}
@@ -101,8 +117,9 @@ def check_dataset(
             problem = Problem(Kind.EMPTY_MASK, f"annotation {ann['id']}", "mask has no pixel")
         if problem is None:
             usable[ann["image_id"]] += 1
-        else:
-            report.issues.append(problem)
+        else:  # named with its image: "annotation 17 of image 3 (a.png)"
+            subject = f"{problem.subject} of {_image_subject(img)}"
+            report.issues.append(Problem(problem.kind, subject, problem.detail))
     for image_id, img in images.items():
         report.issues.extend(_check_image_file(img, Path(image_dir), decode))
         if not usable[image_id]:
@@ -113,10 +130,8 @@ def check_dataset(
 
 
 def _mask_has_pixels(ann: dict[str, Any], img: dict[str, Any]) -> bool:
-    try:
-        return bool(decode_mask(ann["segmentation"], img["height"], img["width"]).any())
-    except (ValueError, TypeError):
-        return False
+    # classify() has vetted coordinates and RLE counts, so decoding is bounded and cannot fail
+    return bool(decode_mask(ann["segmentation"], img["height"], img["width"]).any())
 
 
 def _image_subject(img: dict[str, Any]) -> str:
@@ -125,6 +140,15 @@ def _image_subject(img: dict[str, Any]) -> str:
 
 def _check_image_file(img: dict[str, Any], image_dir: Path, decode: bool) -> list[Problem]:
     path = image_dir / img["file_name"]
+    subject = _image_subject(img)
+    found: list[Problem] = []
+    if outside_image_dir(img["file_name"]):
+        detail = f"file_name points outside {image_dir} (absolute, or '..'); it is read from there"
+        found.append(Problem(Kind.OUTSIDE_IMAGE_DIR, subject, detail))
+    return found + _check_image_contents(img, path, decode)
+
+
+def _check_image_contents(img: dict[str, Any], path: Path, decode: bool) -> list[Problem]:
     subject = _image_subject(img)
     if not path.is_file():
         return [Problem(Kind.MISSING_IMAGE, subject, "file not found")]

@@ -30,10 +30,11 @@ from maskrcnn.data.annotations import (
     bbox_xyxy,
     classify,
     decode_mask,
+    outside_image_dir,
     read_coco_json,
     scan,
 )
-from maskrcnn.data.categories import CategoryMap
+from maskrcnn.data.categories import CategoryMap, placeholder_backgrounds
 from maskrcnn.data.io import ImageReadError, image_size, load_image
 from maskrcnn.structures import Instances
 
@@ -81,6 +82,8 @@ class DatasetStats:
     crowd: int = 0
     degenerate_boxes: int = 0
     degenerate_polygons: int = 0
+    bad_coordinates: int = 0  # polygons with non-finite or far-out coordinates (dropped)
+    outside_image_dir: int = 0  # images whose file_name is absolute or has '..' (read, warned)
     missing_segmentations: int = 0
     # counted while loading
     empty_masks: int = 0
@@ -95,6 +98,7 @@ _DROP_COUNTERS = {
     Kind.CROWD: "crowd",
     Kind.DEGENERATE_BOX: "degenerate_boxes",
     Kind.DEGENERATE_POLYGON: "degenerate_polygons",
+    Kind.BAD_COORDINATES: "bad_coordinates",
     Kind.MISSING_SEGMENTATION: "missing_segmentations",
 }
 
@@ -150,13 +154,41 @@ class CocoDataset(Dataset[Sample]):
             elif problem.kind in _DROP_COUNTERS:
                 counter = _DROP_COUNTERS[problem.kind]
                 setattr(self.stats, counter, getattr(self.stats, counter) + 1)
+                if problem.kind is Kind.BAD_COORDINATES:
+                    logger.warning(
+                        "%s: dropping %s (image %s): %s",
+                        self.ann_file,
+                        problem.subject,
+                        img["file_name"],
+                        problem.detail,
+                    )
             else:
                 self._problems.append(problem)
         self.stats.targets = sum(len(anns) for anns in self._targets.values())
         self.stats.negative_images = sum(not anns for anns in self._targets.values())
         self._bad: set[int] = set()
+        self._warn_outside_image_dir()
         self.validate(check_sizes=check_sizes)
         self.coco = _silent_coco(data)
+
+    def _warn_outside_image_dir(self) -> None:
+        outside = [
+            self._images[i]["file_name"]
+            for i in self.image_ids
+            if outside_image_dir(self._images[i]["file_name"])
+        ]
+        self.stats.outside_image_dir = len(outside)
+        if outside:
+            more = f", ... {len(outside) - _MAX_LISTED} more" if len(outside) > _MAX_LISTED else ""
+            logger.warning(
+                "%s: %d image file(s) outside the image folder %s (absolute, or '..') are read "
+                "from there: %s%s",
+                self.ann_file,
+                len(outside),
+                self.image_dir,
+                ", ".join(outside[:_MAX_LISTED]),
+                more,
+            )
 
     def validate(self, *, check_sizes: bool = False) -> None:
         """Raises one :class:`DatasetError` listing every problem that would stop training.
@@ -290,8 +322,18 @@ class CocoDataset(Dataset[Sample]):
 
 
 def _category_map(data: dict[str, Any], given: CategoryMap | None, ann_file: Path) -> CategoryMap:
+    placeholders = placeholder_backgrounds(data["categories"], data["annotations"])
+    if placeholders and given is None:
+        logger.warning(
+            "%s: leaving out background placeholder categor%s %s (no annotations; the model "
+            "has its own background class)",
+            ann_file,
+            "y" if len(placeholders) == 1 else "ies",
+            ", ".join(f"{c.get('id')} {c.get('name')!r}" for c in placeholders),
+        )
+    kept = [c for c in data["categories"] if not any(c is p for p in placeholders)]
     try:
-        in_file = CategoryMap.from_coco(data["categories"], source=str(ann_file))
+        in_file = CategoryMap.from_coco(kept, source=str(ann_file))
     except ValueError as err:
         raise DatasetError(str(err)) from err
     if given is None:

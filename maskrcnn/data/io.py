@@ -31,7 +31,8 @@ def load_image(path: str | Path) -> Tensor:
     """Reads an image file as a [3, H, W] float RGB tensor in [0, 1].
 
     EXIF orientation is applied; grayscale, palette, RGBA and 16-bit images are converted
-    (alpha is dropped, 16-bit values are divided by 65535). A missing file raises
+    (alpha is dropped; 16- and 32-bit single-channel images are scaled by their own maximum,
+    see :func:`pil_to_tensor`). A missing file raises
     ``FileNotFoundError`` and an undecodable one :class:`ImageReadError`; both name the file.
     """
     path = Path(path)
@@ -75,10 +76,17 @@ def exif_orientation(img: Image.Image) -> int:
 
 
 def pil_to_tensor(img: Image.Image) -> Tensor:
-    """PIL image of any mode -> [3, H, W] float RGB in [0, 1]."""
+    """PIL image of any mode -> [3, H, W] float RGB in [0, 1].
+
+    8-bit modes are divided by 255. High-bit-depth single-channel images (16-bit PNG and TIFF,
+    PIL modes ``I;16*`` and ``I``) are divided by their own maximum, so the brightest pixel is
+    1 and 0 stays black: such files rarely use their full range (microscopy often stores 8- or
+    12-bit data in 16 bits; divided by 65535 it would be almost black). An all-zero image stays
+    zero; negative values (32-bit ``I``) are clipped to 0.
+    """
     if img.mode in ("I;16", "I;16B", "I;16L", "I"):
         array = np.asarray(img, dtype=np.float32)
-        peak = 65535.0 if img.mode.startswith("I;16") or array.max(initial=0) > 255 else 255.0
+        peak = max(float(array.max(initial=0)), 1.0)
         gray = torch.from_numpy(array / peak).clamp(0, 1)
         return gray[None].expand(3, -1, -1).contiguous()
     if img.mode != "RGB":

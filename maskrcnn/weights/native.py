@@ -8,6 +8,7 @@ written atomically: a temporary file in the same folder, flushed, then renamed o
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -94,11 +95,60 @@ def read_config(path: str | Path) -> ModelConfig:
         raise ValueError(f"{path}: bad configuration in metadata: {err}") from err
 
 
+def check_tensors_fit(path: str | Path, cfg: ModelConfig) -> None:
+    """Compares the tensor names and shapes in a model file's header with those ``cfg`` needs.
+
+    The model is built on the ``meta`` device (no memory), so a configuration that asks for an
+    absurd model (tens of GB of tensors) is refused here, before anything is allocated.
+
+    Raises:
+        ValueError: naming the file, the size the configuration asks for, and the tensors that
+            are missing, unexpected or of another shape.
+    """
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            in_file = {k: tuple(handle.get_slice(k).get_shape()) for k in handle.keys()}
+    except (SafetensorError, OSError) as err:
+        raise ValueError(f"{path}: not a safetensors file ({err})") from err
+    try:
+        with torch.device("meta"):
+            needed = {k: tuple(v.shape) for k, v in build_model(cfg).state_dict().items()}
+    except (ValueError, TypeError, RuntimeError) as err:
+        raise ValueError(f"{path}: bad configuration in metadata: {err}") from err
+    missing = [k for k in needed if k not in in_file]
+    unexpected = [k for k in in_file if k not in needed]
+    reshaped = [k for k in needed if k in in_file and in_file[k] != needed[k]]
+    if not (missing or unexpected or reshaped):
+        return
+    gigabytes = sum(math.prod(shape) for shape in needed.values()) * 4 / 1e9
+    parts = [f"{len(missing)} missing {missing[:3]}"] if missing else []
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected {unexpected[:3]}")
+    if reshaped:
+        k = reshaped[0]
+        parts.append(
+            f"{len(reshaped)} of another shape (e.g. {k}: {list(in_file[k])} in the file, "
+            f"{list(needed[k])} for the configuration)"
+        )
+    raise ValueError(
+        f"{path}: its tensors do not fit the configuration in its metadata (a model of "
+        f"{gigabytes:.2f} GB in fp32; nothing was allocated): " + "; ".join(parts)
+    )
+
+
 def load_model(path: str | Path, *, device: str | torch.device = "cpu") -> MaskRCNN:
-    """Rebuilds a model saved by :func:`save_model`, in eval mode."""
+    """Rebuilds a model saved by :func:`save_model`, in eval mode.
+
+    Raises:
+        ValueError: not a model file, a bad configuration, or tensors that do not fit it
+            (checked against the file's header before the model is built).
+    """
     from maskrcnn.weights.torchvision import load_exact
 
     cfg = read_config(path)
+    check_tensors_fit(path, cfg)
     model = build_model(cfg)
     try:
         tensors = load_file(str(path), device=str(device))

@@ -59,3 +59,43 @@ def test_flags_set_and_train_set_reach_their_sections(tmp_path: Path) -> None:
         _config(tmp_path, "--train-set", "optim.lr=1")
     with pytest.raises(ValueError, match="model override 'rpn.nms_thresh'"):
         _config(tmp_path, "--set", "rpn.nms_thresh=high")
+
+
+def test_skip_bad_images_is_a_flag(tmp_path: Path) -> None:
+    assert _config(tmp_path).data.skip_bad_images is False
+    assert _config(tmp_path, "--skip-bad-images").data.skip_bad_images is True
+    old_spelling = _config(tmp_path, "--train-set", "skip_bad_images=true")
+    assert old_spelling.data.skip_bad_images is True
+
+
+def test_truncated_image_is_a_clear_error_or_skipped(tmp_path: Path, capsys) -> None:
+    from maskrcnn.cli.train import main
+    from tests.train_setup import cli_args, one_thread, tiny_config, write_shapes
+
+    files = write_shapes(tmp_path / "data", train=4, val=0)
+    victim = sorted(files.image_dir.glob("train_*.png"))[0]
+    data = victim.read_bytes()
+    victim.write_bytes(data[: len(data) // 2])
+    cfg = tiny_config(files, tmp_path / "run", {"schedule.max_iter": 2, "data.batch_size": 4})
+    with one_thread():
+        assert main(["train", *cli_args(cfg)]) == 2
+        err = capsys.readouterr().err
+        assert victim.name in err and "truncated" in err and "--skip-bad-images" in err
+        assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+        skipping = cfg.with_values({"out_dir": str(tmp_path / "skipping")})
+        assert main(["train", *cli_args(skipping), "--skip-bad-images"]) == 0
+    assert "2 steps" in capsys.readouterr().out
+
+
+def test_an_error_from_a_loader_worker_is_reported_without_its_traceback() -> None:
+    from maskrcnn.cli.train import _without_worker_traceback
+    from maskrcnn.data.coco import BadImageError
+
+    plain = BadImageError("a.json: image 3: cannot read image x.png: image file is truncated")
+    assert _without_worker_traceback(plain) == str(plain)
+    relayed = BadImageError(  # as torch's DataLoader re-raises what a worker raised
+        "Caught BadImageError in DataLoader worker process 0.\nOriginal Traceback (most recent "
+        'call last):\n  File "coco.py", line 1, in _load\nmaskrcnn.data.coco.BadImageError: '
+        "a.json: image 3: cannot read image x.png: image file is truncated\n"
+    )
+    assert _without_worker_traceback(relayed) == str(plain)

@@ -81,3 +81,17 @@ def test_missing_and_corrupt_files_are_named(tmp_path):
         load_image(tmp_path / "junk.jpg")
     with pytest.raises(ImageReadError, match="junk.jpg"):
         image_size(tmp_path / "junk.jpg")
+
+
+def test_16_bit_image_using_a_small_part_of_its_range_is_stretched(tmp_path):
+    # as the 2018 Data Science Bowl nuclei arrive: 8-bit values (0..235) in a 16-bit PNG
+    values = np.array([[0, 20, 235], [117, 235, 3]], dtype=np.uint16)
+    Image.fromarray(values).save(tmp_path / "nuclei.png")
+    with Image.open(tmp_path / "nuclei.png") as img:
+        assert img.mode.startswith("I")  # really read as high bit depth
+    image = load_image(tmp_path / "nuclei.png")
+    assert image.max() == 1.0 and image.min() == 0.0  # not almost black (235 / 65535)
+    expected = torch.from_numpy(values.astype(np.float32) / 235)
+    assert torch.allclose(image[0], expected) and torch.equal(image[0], image[1])
+    Image.fromarray(np.zeros((2, 3), dtype=np.uint16)).save(tmp_path / "black.png")
+    assert torch.equal(load_image(tmp_path / "black.png"), torch.zeros(3, 2, 3))

@@ -72,3 +72,31 @@ def test_non_finite_optimizer_state_is_named():
     assert nonfinite_entries(tree) == ["optimizer.state.3.m"]
     with pytest.raises(ValueError, match="last.ckpt: the training state .* optimizer.state.3.m"):
         check_finite(tree, what="the training state", path="run/last.ckpt")
+
+
+def test_absurd_configuration_in_metadata_is_refused_before_allocation(tmp_path, monkeypatch):
+    import json
+
+    from safetensors.torch import load_file, save_file
+
+    from maskrcnn.weights import native
+
+    cfg = preset("r18_fpn", num_classes=3)
+    path = save_model(build_model(cfg), tmp_path / "model.safetensors")
+    config = cfg.to_dict()
+    config["box_head"]["fc_dim"] = 200_000  # fc6 alone: 12544 x 200000 floats, 10 GB
+    absurd = tmp_path / "absurd.safetensors"
+    metadata = {"format": native.FORMAT, "config": json.dumps(config)}
+    save_file(load_file(str(path)), str(absurd), metadata=metadata)
+    built_on: list[str] = []
+
+    def spy_build_model(c):
+        built_on.append(torch.empty(()).device.type)
+        return build_model(c)
+
+    monkeypatch.setattr(native, "build_model", spy_build_model)
+    with pytest.raises(ValueError, match=r"absurd.safetensors: its tensors do not fit") as err:
+        load_model(absurd)
+    assert "GB" in str(err.value) and "box_head" in str(err.value)
+    assert built_on == ["meta"]  # only ever built without memory
+    assert isinstance(load_model(path), torch.nn.Module)  # a good file still loads
