@@ -197,7 +197,7 @@ class ModelConfig:
     box_head: BoxHeadConfig = field(default_factory=BoxHeadConfig)
     mask_head: MaskHeadConfig = field(default_factory=MaskHeadConfig)
     category_names: tuple[str, ...] = ()  # index = label; "" where a label has no name
-    # Inference precision of detect()/predict() (training has its own, TrainConfig.amp).
+    # Inference precision of detect()/predict() (training: TrainConfig.runtime.precision).
     # "bf16" falls back to fp32 on CPUs without fast bf16; see maskrcnn.modeling.precision.
     precision: Precision = "fp32"
 
