@@ -251,7 +251,13 @@ class CocoDataset(Dataset[Sample]):
                 logger.warning("skipping image: %s", err)
         raise DatasetError(f"{self.ann_file}: no readable image left in {self.image_dir}")
 
-    def _load(self, index: int) -> Sample:
+    def read_image(self, index: int) -> Tensor:
+        """Image ``index`` decoded, [3, H, W] in [0, 1], at the size the annotation file gives.
+
+        Raises:
+            BadImageError: the file is missing or cannot be decoded, or its size differs from
+                the annotation file's (the message names the file and the image id).
+        """
         image_id = self.image_ids[index]
         img = self._images[image_id]
         path = self.image_dir / img["file_name"]
@@ -267,6 +273,12 @@ class CocoDataset(Dataset[Sample]):
                 f"{self.ann_file}: image {image_id} {path} is {got[1]}x{got[0]}{hint}, the "
                 f"annotation file says {expected[1]}x{expected[0]} (w x h)"
             )
+        return image
+
+    def _load(self, index: int) -> Sample:
+        image_id = self.image_ids[index]
+        img = self._images[image_id]
+        image = self.read_image(index)
         sample = Sample(
             image=image, gt=self.targets(index), image_id=image_id, file_name=img["file_name"]
         )

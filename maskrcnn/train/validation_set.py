@@ -6,8 +6,7 @@ from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 
-from maskrcnn.data.coco import CocoDataset
-from maskrcnn.data.io import load_image
+from maskrcnn.data.coco import BadImageError, CocoDataset
 
 _MAX_NAMED = 5
 
@@ -31,9 +30,10 @@ def check_validation_set(dataset: CocoDataset, *, max_images: int | None = None)
             f"{where}: {len(not_ints)} image id(s) are not integers ({shown}); COCO evaluation "
             "needs integer ids: renumber the images (and their annotations' image_id)"
         )
-    ids = dataset.image_ids[:max_images] if max_images is not None else dataset.image_ids
+    count = len(dataset) if max_images is None else min(max_images, len(dataset))
+    indices = range(count)
     with ThreadPoolExecutor(max_workers=4) as pool:
-        found = [p for p in pool.map(lambda i: _problem(dataset, i), ids) if p is not None]
+        found = [p for p in pool.map(lambda i: _problem(dataset, i), indices) if p is not None]
     if found:
         more = f", ... {len(found) - _MAX_NAMED} more" if len(found) > _MAX_NAMED else ""
         raise ValueError(
@@ -43,17 +43,9 @@ def check_validation_set(dataset: CocoDataset, *, max_images: int | None = None)
         )
 
 
-def _problem(dataset: CocoDataset, image_id: int) -> str | None:
-    info = dataset.coco.imgs[image_id]
-    path = dataset.image_dir / info["file_name"]
+def _problem(dataset: CocoDataset, index: int) -> str | None:
     try:
-        image = load_image(path)
-    except (OSError, ValueError) as err:
-        return f"image {image_id} {path}: {err}"
-    got = (int(image.shape[1]), int(image.shape[2]))
-    if got != (info.get("height"), info.get("width")):
-        return (
-            f"image {image_id} {path}: is {got[1]}x{got[0]}, the file says "
-            f"{info.get('width')}x{info.get('height')} (w x h)"
-        )
+        dataset.read_image(index)
+    except BadImageError as err:
+        return str(err)
     return None
