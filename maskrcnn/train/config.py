@@ -156,6 +156,11 @@ class ScheduleConfig:
         warmup_factor: learning-rate factor at step 0 of the warm-up.
         lr_steps: step-decay milestones as fractions of ``max_iter``, increasing in (0, 1].
         gamma: factor applied at each milestone.
+        fit_to_budget: with a time budget (``runtime.max_minutes``), fit the step count to
+            it: from the measured step and evaluation times, the run takes as many steps as
+            end, evaluated, inside the budget (at most ``max_iter``), with the warm-up and
+            milestones at the same fractions of that count (:mod:`maskrcnn.train.budget`).
+            False: ``max_iter`` steps, cut off where the budget runs out.
     """
 
     max_iter: int = 90_000
@@ -163,6 +168,7 @@ class ScheduleConfig:
     warmup_factor: float = 0.001
     lr_steps: tuple[float, ...] = (0.67, 0.89)
     gamma: float = 0.1
+    fit_to_budget: bool = True
 
     def __post_init__(self) -> None:
         check = _Check(self, "schedule")
@@ -173,6 +179,7 @@ class ScheduleConfig:
         check.ints("max_iter", minimum=1)
         check.ints("warmup_iters", minimum=0)
         check.numbers("gamma")
+        check.bools("fit_to_budget")
         if not _is_number(self.warmup_factor) or not 0 < self.warmup_factor <= 1:
             check.fail("warmup_factor", "must be in (0, 1]")
         steps = self.lr_steps
@@ -252,8 +259,10 @@ class RuntimeConfig:
             :func:`~maskrcnn.modeling.precision.resolve_precision`.
         seed: seed of model initialisation, data order, augmentation and every step.
         sync_bn: convert BatchNorm layers to SyncBatchNorm when distributed.
-        max_minutes: wall-clock budget of one invocation; when it runs out the run stops
-            cleanly (checkpoint, evaluation, final model). None: no budget.
+        max_minutes: wall-clock budget of one invocation, the final evaluation included:
+            with ``schedule.fit_to_budget`` the step count is fitted to it, and when it runs
+            out the run stops cleanly anyway (checkpoint, evaluation, final model). None: no
+            budget.
         max_nonfinite: consecutive non-finite losses that stop the run.
     """
 
