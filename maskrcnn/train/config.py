@@ -297,6 +297,10 @@ _SECTIONS: dict[str, type] = {
 }
 
 
+# The section names of a TrainConfig, in order.
+SECTIONS: tuple[str, ...] = tuple(_SECTIONS)
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Everything a training run needs besides the data itself.
@@ -398,9 +402,10 @@ class TrainConfig:
             raise ValueError(f"TrainConfig: expected a mapping, got {type(data).__name__}")
         if not any(isinstance(data.get(name), Mapping) for name in _SECTIONS):
             data = config_compat.sections_from_flat(data)
-        unknown = sorted(set(data) - {f.name for f in dataclasses.fields(TrainConfig)})
+        allowed = [f.name for f in dataclasses.fields(TrainConfig)]
+        unknown = sorted(set(data) - set(allowed))
         if unknown:
-            raise ValueError(f"TrainConfig: unknown field(s) {unknown}")
+            raise ValueError(f"TrainConfig: unknown field(s) {unknown}; allowed: {allowed}")
         if "data" not in data:
             raise ValueError("TrainConfig: no data section (train_ann and train_images)")
         kwargs: dict[str, Any] = {}
@@ -437,7 +442,10 @@ def _field_of(key: str, value: Any) -> tuple[str, str | None, Any]:
     section, _, name = path.partition(".")
     if path == "out_dir":
         return "out_dir", None, value
-    if section not in _SECTIONS or name not in _field_names(_SECTIONS[section]):
+    if section in _SECTIONS and name not in _field_names(_SECTIONS[section]):
+        fields = [f.name for f in dataclasses.fields(_SECTIONS[section])]
+        raise ValueError(f"unknown field {key!r} of TrainConfig; {section} has {fields}")
+    if section not in _SECTIONS:
         raise ValueError(
             f"unknown field {key!r} of TrainConfig (use section.field, e.g. optim.base_lr; "
             f"sections: {list(_SECTIONS)})"
@@ -450,7 +458,8 @@ def _section_from_dict(cls: type, name: str, data: Any) -> Any:
         raise ValueError(f"TrainConfig.{name}: expected a mapping, got {type(data).__name__}")
     unknown = sorted(set(data) - _field_names(cls))
     if unknown:
-        raise ValueError(f"TrainConfig.{name}: unknown field(s) {unknown}")
+        allowed = [f.name for f in dataclasses.fields(cls)]
+        raise ValueError(f"TrainConfig.{name}: unknown field(s) {unknown}; allowed: {allowed}")
     try:
         return cls(**{k: tupled(v) for k, v in data.items()})
     except TypeError as err:  # a required field is missing
