@@ -32,6 +32,7 @@ from maskrcnn.data.transforms import train_transforms
 from maskrcnn.demo import DemoSettings
 from maskrcnn.modeling.modes import eval_mode
 from maskrcnn.modeling.precision import autocast, resolve_precision
+from maskrcnn.train.recipes import CPU_SMALL
 
 
 def build_reference(num_classes: int) -> MaskRCNN:
@@ -93,13 +94,14 @@ def main() -> None:
     parser.add_argument("--data", required=True, help="shapes folder (train.json, val.json)")
     parser.add_argument("--minutes", type=float, default=DemoSettings.max_minutes)
     parser.add_argument("--out", default=None, help="write the figures as JSON here")
-    parser.add_argument("--lr", type=float, default=DemoSettings.lr, help="learning rate")
-    parser.add_argument("--optimizer", choices=("sgd", "adamw"), default=DemoSettings.optimizer)
+    parser.add_argument("--lr", type=float, default=CPU_SMALL.optim.base_lr, help="learning rate")
+    parser.add_argument("--optimizer", choices=("sgd", "adamw"), default=CPU_SMALL.optim.kind)
     parser.add_argument(
-        "--precision", choices=("fp32", "bf16"), default=DemoSettings.precision
+        "--precision", choices=("fp32", "bf16"), default=CPU_SMALL.precision
     )  # resolved as the demo does: fp32 (with a warning) on CPUs without fast bf16
     args = parser.parse_args()
     settings = DemoSettings()
+    recipe, schedule = settings.recipe, settings.recipe.schedule
     precision = resolve_precision(args.precision, torch.device("cpu"))
     torch.manual_seed(settings.seed)
     data = Path(args.data)
@@ -111,19 +113,19 @@ def main() -> None:
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer: torch.optim.Optimizer
     if args.optimizer == "adamw":
-        optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=settings.weight_decay)
+        optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=recipe.optim.weight_decay)
     else:
         optimizer = torch.optim.SGD(params, lr=args.lr, momentum=0.9, weight_decay=1e-4)
-    milestones = [int(f * settings.max_iter) for f in settings.lr_steps]
+    milestones = [int(f * schedule.max_iter) for f in schedule.lr_steps]
 
     def factor(step: int) -> float:
-        warm = min(1.0, 0.001 + (1 - 0.001) * step / settings.warmup_iters)
+        warm = min(1.0, 0.001 + (1 - 0.001) * step / schedule.warmup_iters)
         return warm * 0.1 ** sum(step >= m for m in milestones)
 
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
     loader = build_train_loader(
         train_set,
-        batch_size=settings.batch_size,
+        batch_size=recipe.batch_size,
         num_workers=settings.workers,
         seed=settings.seed,
         infinite=True,
@@ -146,7 +148,7 @@ def main() -> None:
             print(f"step {step}: loss {loss.item():.3f}", flush=True)
         if not torch.isfinite(loss):
             raise SystemExit(f"diverged at step {step} (lr {args.lr}): non-finite loss")
-        if step >= settings.max_iter or time.perf_counter() - start > args.minutes * 60:
+        if step >= schedule.max_iter or time.perf_counter() - start > args.minutes * 60:
             break
     minutes = (time.perf_counter() - start) / 60
     stats = evaluate(model, val)

@@ -2,21 +2,21 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from maskrcnn.demo import DemoSettings, run_demo
+from maskrcnn.train.config import ScheduleConfig
+from maskrcnn.train.recipes import CPU_SMALL
 
 
 def test_tiny_demo_writes_everything(tmp_path):
+    recipe = dataclasses.replace(
+        CPU_SMALL, batch_size=2, schedule=ScheduleConfig(max_iter=3, warmup_iters=1)
+    )
     settings = DemoSettings(
-        train_images=8,
-        val_images=3,
-        max_iter=3,
-        max_minutes=3,
-        warmup_iters=1,
-        batch_size=2,
-        grid_images=2,
-        workers=0,
+        train_images=8, val_images=3, recipe=recipe, max_minutes=3, grid_images=2, workers=0
     )
     result = run_demo(tmp_path / "demo", settings)
     assert result.iterations == 3
@@ -28,9 +28,11 @@ def test_tiny_demo_writes_everything(tmp_path):
 
 def test_budget_scales_the_schedule():
     default = DemoSettings()
+    assert default.recipe is CPU_SMALL and default.recipe.schedule.fit_to_budget
     assert DemoSettings.for_budget(default.max_minutes) == default
     longer = DemoSettings.for_budget(3 * default.max_minutes)
-    assert longer.max_iter == 3 * default.max_iter and longer.max_minutes == 3 * default.max_minutes
-    assert DemoSettings.for_budget(0.01).max_iter == default.warmup_iters + 1
+    assert longer.recipe.schedule.max_iter == 3 * 750
+    assert longer.max_minutes == 3 * default.max_minutes
+    assert DemoSettings.for_budget(0.01).recipe.schedule.max_iter == 50 + 1
     with pytest.raises(ValueError, match="positive"):
         DemoSettings.for_budget(0)

@@ -1,7 +1,8 @@
 """The ``maskrcnn`` command line: ``maskrcnn --help`` lists the commands.
 
 One module per command group: :mod:`~maskrcnn.cli.data` (``data shapes``, ``data check``),
-:mod:`~maskrcnn.cli.train`, :mod:`~maskrcnn.cli.evaluate` (``eval``, ``predict``),
+:mod:`~maskrcnn.cli.train`, :mod:`~maskrcnn.cli.recipes`, :mod:`~maskrcnn.cli.evaluate`
+(``eval``, ``predict``),
 :mod:`~maskrcnn.cli.explain`, :mod:`~maskrcnn.cli.demo`, :mod:`~maskrcnn.cli.export` and
 :mod:`~maskrcnn.cli.serve`.
 """
@@ -16,6 +17,7 @@ from maskrcnn.cli.demo import add_demo_command
 from maskrcnn.cli.evaluate import add_eval_commands
 from maskrcnn.cli.explain import add_explain_command
 from maskrcnn.cli.export import add_export_command
+from maskrcnn.cli.recipes import add_recipes_command
 from maskrcnn.cli.serve import add_serve_command
 from maskrcnn.cli.train import add_train_command
 
@@ -24,7 +26,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="maskrcnn",
         description=(
-            "Mask R-CNN from scratch: data, train, eval, predict, explain, demo, export, serve."
+            "Mask R-CNN from scratch: data, train, recipes, eval, predict, explain, demo, export, "
+            "serve."
         ),
     )
     sub = parser.add_subparsers(dest="command", required=True)
@@ -33,6 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_data_commands(sub)
     add_eval_commands(sub)
     add_train_command(sub)
+    add_recipes_command(sub)
     add_export_command(sub)
     add_serve_command(sub)
     return parser

@@ -7,6 +7,12 @@
 
 ``--data DIR`` is the layout of ``maskrcnn data shapes`` (DIR/train.json, DIR/val.json,
 DIR/images); otherwise give ``--train-ann/--train-images`` (and ``--val-ann/--val-images``).
+
+Where the settings come from, each layer over the one before: the defaults (or, with
+``--resume``, the run's checkpoint), ``--recipe NAME`` (``maskrcnn recipes`` lists them),
+``--config FILE`` (YAML, TOML or JSON, whole or partial, e.g. a run's ``train_config.json``),
+then the options below. ``--print-config`` prints the result as YAML, which ``--config``
+reads back to the same configuration, and trains nothing.
 ``--set key=value`` overrides the model configuration (``ModelSpec.overrides``),
 ``--train-set section.field=value`` any :class:`TrainConfig` field (``optim.base_lr=0.01``;
 the flat names of earlier versions, ``base_lr=0.01``, still work). ``--precision`` is one of
@@ -30,8 +36,10 @@ from typing import Any
 from maskrcnn.modeling.precision import PRECISIONS
 from maskrcnn.train.assignments import parse_assignments
 from maskrcnn.train.checkpoint import LAST, load_checkpoint
-from maskrcnn.train.config import DataConfig, TrainConfig
+from maskrcnn.train.config import TrainConfig
 from maskrcnn.train.config_compat import AMP_MODES, precision_of_amp
+from maskrcnn.train.config_file import dump_config, merged, read_config_file
+from maskrcnn.train.recipes import RECIPES, recipe
 
 # option -> TrainConfig field (dotted path), for the explicit flags
 _FLAGS = {
@@ -63,7 +71,7 @@ def add_train_command(subparsers: Any) -> argparse.ArgumentParser:
     data.add_argument("--train-images", help="training image folder")
     data.add_argument("--val-ann", help="validation COCO annotation file")
     data.add_argument("--val-images", help="validation image folder")
-    p.add_argument("--out", required=True, help="run folder (checkpoints, metrics, final model)")
+    p.add_argument("--out", help="run folder (checkpoints, metrics, final model)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
     p.add_argument("--preset", help="model preset (default r50_fpn)")
     p.add_argument(
@@ -96,8 +104,27 @@ def add_train_command(subparsers: Any) -> argparse.ArgumentParser:
         default=None,
         help="skip unreadable training images (logged and counted) instead of stopping",
     )
+    _add_config_sources(p)
     p.set_defaults(func=cmd_train)
     return p
+
+
+def _add_config_sources(p: argparse.ArgumentParser) -> None:
+    """``--recipe``, ``--config`` and ``--print-config``."""
+    sources = p.add_argument_group("configuration sources (under the options above)")
+    sources.add_argument(
+        "--recipe", choices=list(RECIPES), help="start from a named recipe (maskrcnn recipes)"
+    )
+    sources.add_argument(
+        "--config",
+        metavar="FILE",
+        help="settings from a YAML, TOML or JSON file (whole or partial; train_config.json too)",
+    )
+    sources.add_argument(
+        "--print-config",
+        action="store_true",
+        help="print the resolved configuration (YAML, --config reads it) and train nothing",
+    )
 
 
 def build_config(args: argparse.Namespace) -> tuple[TrainConfig, bool]:
@@ -106,8 +133,12 @@ def build_config(args: argparse.Namespace) -> tuple[TrainConfig, bool]:
     Raises:
         ValueError: missing or inconsistent options (the message says which).
     """
-    changes: dict[str, Any] = {"out_dir": str(args.out)}
-    changes.update({f"data.{k}": v for k, v in _data_paths(args).items()})
+    config = getattr(args, "config", None)
+    file_layer = read_config_file(config) if config else {}
+    out = args.out if args.out is not None else file_layer.get("out_dir")
+    if out is None:
+        raise ValueError("give --out RUN_DIR (or out_dir in the --config file)")
+    changes: dict[str, Any] = {"out_dir": str(out)}
     if args.amp is not None:
         if args.precision is not None:
             raise ValueError("--amp and --precision exclude each other (--amp is the old name)")
@@ -116,24 +147,34 @@ def build_config(args: argparse.Namespace) -> tuple[TrainConfig, bool]:
         value = getattr(args, option)
         if value is not None:
             changes[name] = value
-    if args.set:  # parsed here, once: the configuration holds typed values
-        changes["model.overrides"] = parse_assignments(args.set, where="model override")
     if args.no_progress:
         changes["log.progress"] = False
-    last = Path(args.out) / LAST
+    last = Path(out) / LAST
     resuming = bool(args.resume and last.is_file())
+    layers: list[dict[str, Any]] = []
     if resuming:
-        cfg = TrainConfig.from_dict(load_checkpoint(last).train_config)
-    else:
-        if "data.train_ann" not in changes:
-            if args.resume:
-                raise ValueError(
-                    f"no checkpoint in {args.out} to resume ({last} not found); to start a "
-                    "new run there, give --data DIR, or --train-ann and --train-images"
-                )
-            raise ValueError("give --data DIR, or --train-ann and --train-images")
-        data = DataConfig(changes["data.train_ann"], changes["data.train_images"])
-        cfg = TrainConfig(data=data)
+        layers.append(TrainConfig.from_dict(load_checkpoint(last).train_config).to_dict())
+    if getattr(args, "recipe", None):
+        layers.append(recipe(args.recipe).to_dict())
+    layers += [file_layer, {"data": _data_paths(args)}]
+    settings = merged(*layers)
+    if not resuming and "train_ann" not in settings.get("data", {}):
+        if args.resume:
+            raise ValueError(
+                f"no checkpoint in {out} to resume ({last} not found); to start a "
+                "new run there, give --data DIR, or --train-ann and --train-images"
+            )
+        raise ValueError(
+            "give --data DIR, or --train-ann and --train-images (or data.train_ann and "
+            "data.train_images in the --config file)"
+        )
+    try:
+        cfg = TrainConfig.from_dict(settings)
+    except ValueError as err:
+        raise ValueError(f"{config}: {err}" if config else str(err)) from None
+    if args.set:  # parsed here, once: the configuration holds typed values
+        parsed = parse_assignments(args.set, where="model override")
+        changes["model.overrides"] = {**cfg.model.overrides, **parsed}
     cfg = cfg.with_values(changes).with_assignments(args.train_set)
     if args.lr is not None:  # an absolute rate: it refers to this batch size
         cfg = cfg.with_values(
@@ -174,6 +215,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     _configure_logging()
     try:
         cfg, resuming = build_config(args)
+        if args.print_config:
+            print(dump_config(cfg), end="")
+            return 0
         trainer = Trainer(cfg, resume=args.resume)
     except (ValueError, FileNotFoundError, OSError) as err:
         print(f"maskrcnn train: error: {err}", file=sys.stderr)

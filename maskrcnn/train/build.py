@@ -191,7 +191,12 @@ def _build(cfg: TrainConfig, info: DistInfo, resume: bool) -> TrainRun:
         f"training {cfg.model.preset} ({categories.num_categories} classes) on "
         f"{len(train_set)} images, {cfg.data.batch_size} per step over {info.world_size} "
         f"process(es), lr {cfg.lr:.4g}, {device}, {precision}, "
-        f"steps {start.iteration}..{cfg.schedule.max_iter}"
+        f"steps {start.iteration}..{scheduler.plan.max_iter}"
+        + (
+            " at most, fitted to the time budget"
+            if cfg.runtime.max_minutes and cfg.schedule.fit_to_budget and not scheduler.plan.fitted
+            else ""
+        )
     )
     return TrainRun(
         cfg=cfg,

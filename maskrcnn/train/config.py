@@ -156,6 +156,11 @@ class ScheduleConfig:
         warmup_factor: learning-rate factor at step 0 of the warm-up.
         lr_steps: step-decay milestones as fractions of ``max_iter``, increasing in (0, 1].
         gamma: factor applied at each milestone.
+        fit_to_budget: with a time budget (``runtime.max_minutes``), fit the step count to
+            it: from the measured step and evaluation times, the run takes as many steps as
+            end, evaluated, inside the budget (at most ``max_iter``), with the warm-up and
+            milestones at the same fractions of that count (:mod:`maskrcnn.train.budget`).
+            False: ``max_iter`` steps, cut off where the budget runs out.
     """
 
     max_iter: int = 90_000
@@ -163,6 +168,7 @@ class ScheduleConfig:
     warmup_factor: float = 0.001
     lr_steps: tuple[float, ...] = (0.67, 0.89)
     gamma: float = 0.1
+    fit_to_budget: bool = True
 
     def __post_init__(self) -> None:
         check = _Check(self, "schedule")
@@ -173,6 +179,7 @@ class ScheduleConfig:
         check.ints("max_iter", minimum=1)
         check.ints("warmup_iters", minimum=0)
         check.numbers("gamma")
+        check.bools("fit_to_budget")
         if not _is_number(self.warmup_factor) or not 0 < self.warmup_factor <= 1:
             check.fail("warmup_factor", "must be in (0, 1]")
         steps = self.lr_steps
@@ -252,8 +259,10 @@ class RuntimeConfig:
             :func:`~maskrcnn.modeling.precision.resolve_precision`.
         seed: seed of model initialisation, data order, augmentation and every step.
         sync_bn: convert BatchNorm layers to SyncBatchNorm when distributed.
-        max_minutes: wall-clock budget of one invocation; when it runs out the run stops
-            cleanly (checkpoint, evaluation, final model). None: no budget.
+        max_minutes: wall-clock budget of one invocation, the final evaluation included:
+            with ``schedule.fit_to_budget`` the step count is fitted to it, and when it runs
+            out the run stops cleanly anyway (checkpoint, evaluation, final model). None: no
+            budget.
         max_nonfinite: consecutive non-finite losses that stop the run.
     """
 
@@ -286,6 +295,10 @@ _SECTIONS: dict[str, type] = {
     "log": LogConfig,
     "runtime": RuntimeConfig,
 }
+
+
+# The section names of a TrainConfig, in order.
+SECTIONS: tuple[str, ...] = tuple(_SECTIONS)
 
 
 @dataclass(frozen=True)
@@ -389,9 +402,10 @@ class TrainConfig:
             raise ValueError(f"TrainConfig: expected a mapping, got {type(data).__name__}")
         if not any(isinstance(data.get(name), Mapping) for name in _SECTIONS):
             data = config_compat.sections_from_flat(data)
-        unknown = sorted(set(data) - {f.name for f in dataclasses.fields(TrainConfig)})
+        allowed = [f.name for f in dataclasses.fields(TrainConfig)]
+        unknown = sorted(set(data) - set(allowed))
         if unknown:
-            raise ValueError(f"TrainConfig: unknown field(s) {unknown}")
+            raise ValueError(f"TrainConfig: unknown field(s) {unknown}; allowed: {allowed}")
         if "data" not in data:
             raise ValueError("TrainConfig: no data section (train_ann and train_images)")
         kwargs: dict[str, Any] = {}
@@ -428,7 +442,10 @@ def _field_of(key: str, value: Any) -> tuple[str, str | None, Any]:
     section, _, name = path.partition(".")
     if path == "out_dir":
         return "out_dir", None, value
-    if section not in _SECTIONS or name not in _field_names(_SECTIONS[section]):
+    if section in _SECTIONS and name not in _field_names(_SECTIONS[section]):
+        fields = [f.name for f in dataclasses.fields(_SECTIONS[section])]
+        raise ValueError(f"unknown field {key!r} of TrainConfig; {section} has {fields}")
+    if section not in _SECTIONS:
         raise ValueError(
             f"unknown field {key!r} of TrainConfig (use section.field, e.g. optim.base_lr; "
             f"sections: {list(_SECTIONS)})"
@@ -441,7 +458,8 @@ def _section_from_dict(cls: type, name: str, data: Any) -> Any:
         raise ValueError(f"TrainConfig.{name}: expected a mapping, got {type(data).__name__}")
     unknown = sorted(set(data) - _field_names(cls))
     if unknown:
-        raise ValueError(f"TrainConfig.{name}: unknown field(s) {unknown}")
+        allowed = [f.name for f in dataclasses.fields(cls)]
+        raise ValueError(f"TrainConfig.{name}: unknown field(s) {unknown}; allowed: {allowed}")
     try:
         return cls(**{k: tupled(v) for k, v in data.items()})
     except TypeError as err:  # a required field is missing

@@ -85,3 +85,14 @@ def resolve_device(name: str, info: DistInfo) -> torch.device:
         if name == "cuda":
             name = f"cuda:{info.local_rank if info.distributed else torch.cuda.current_device()}"
     return torch.device(name)
+
+
+def max_over_ranks(values: list[float], info: DistInfo, device: torch.device) -> list[float]:
+    """The element-wise maxima of ``values`` over all ranks (``values`` itself in one process);
+    every rank must call it."""
+    if not info.distributed:
+        return list(values)
+    shared = torch.tensor(values, dtype=torch.float64)
+    shared = shared.to(device) if device.type == "cuda" else shared
+    dist.all_reduce(shared, op=dist.ReduceOp.MAX)
+    return [float(v) for v in shared.cpu().tolist()]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 
 from maskrcnn.evaluation.coco_eval import EvalResult, evaluate_coco
 from maskrcnn.train.build import TrainRun
@@ -33,3 +34,28 @@ def evaluate_run(run: TrainRun, iteration: int) -> EvalResult | None:
         ap = f"bbox AP {100 * result.bbox.ap:.1f}, segm AP {100 * result.segm.ap:.1f}"
         logger.info(f"step {iteration}: {ap}")
     return result
+
+
+def time_evaluation(run: TrainRun, images: int) -> float:
+    """Seconds an evaluation of the first ``images`` validation images takes (nothing is
+    written; the model is left in its mode). Used to estimate evaluation times."""
+    if run.val_set is None:
+        return 0.0
+    start = time.monotonic()
+    evaluate_coco(
+        run.model,
+        run.val_set,
+        categories=run.categories,
+        out_dir=None,
+        max_images=images,
+        progress=False,
+    )
+    return time.monotonic() - start
+
+
+def evaluation_images(run: TrainRun) -> int:
+    """How many images one evaluation of the run covers."""
+    if run.val_set is None:
+        return 0
+    limit = run.cfg.eval.max_images
+    return len(run.val_set) if limit is None else min(limit, len(run.val_set))

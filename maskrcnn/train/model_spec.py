@@ -82,7 +82,10 @@ class ModelSpec:
             raise ValueError(f"TrainConfig.model: expected a mapping, got {type(data).__name__}")
         unknown = sorted(set(data) - {"preset", "overrides", "imagenet"})
         if unknown:
-            raise ValueError(f"TrainConfig.model: unknown field(s) {unknown}")
+            raise ValueError(
+                f"TrainConfig.model: unknown field(s) {unknown}; allowed: "
+                "['preset', 'overrides', 'imagenet']"
+            )
         return ModelSpec(**{k: tupled(v) for k, v in data.items()})
 
 
@@ -119,7 +122,11 @@ def _current(cfg: ModelConfig, key: str) -> Any:
     node: Any = cfg
     for part in key.split("."):
         if not dataclasses.is_dataclass(node) or not hasattr(node, part):
-            raise ValueError(f"unknown config key {key!r}")
+            where = (
+                [f.name for f in dataclasses.fields(node)] if dataclasses.is_dataclass(node) else []
+            )
+            allowed = f"; {part!r} is not one of {where}" if where else ""
+            raise ValueError(f"unknown config key {key!r}{allowed}")
         node = getattr(node, part)
     return node
 

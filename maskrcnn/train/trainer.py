@@ -7,7 +7,8 @@ the data, the configuration and, with ``resume``, the run folder's checkpoint be
 is taken); :meth:`Trainer.run` then loops over optimisation steps (warm-up then step decay,
 optional gradient clipping and mixed precision) and leaves everything else to its hooks
 (:mod:`maskrcnn.train.hooks`): the progress bar, the non-finite streak, ``metrics.jsonl``
-rows, periodic and final checkpoints, COCO evaluation, the final model and the curves.
+rows, periodic and final checkpoints, COCO evaluation, the final model, the time budget's
+step count (:mod:`maskrcnn.train.budget`) and the curves.
 
 Exact resumption: every step seeds the random generators from ``(seed, rank, step)``
 (:func:`~maskrcnn.train.seeding.seed_step`) and the data order and augmentation are a
@@ -35,9 +36,10 @@ from maskrcnn.train import checkpoint as ckpt
 from maskrcnn.train.build import TrainRun, build_run
 from maskrcnn.train.checkpointer import RunCheckpointer
 from maskrcnn.train.config import TrainConfig
-from maskrcnn.train.distributed import DistInfo
-from maskrcnn.train.evaluate import evaluate_run
+from maskrcnn.train.distributed import DistInfo, max_over_ranks
+from maskrcnn.train.evaluate import evaluate_run, evaluation_images, time_evaluation
 from maskrcnn.train.hooks.base import Hook, LoopState, StopReason
+from maskrcnn.train.hooks.budget import BudgetHook, EvalTimer
 from maskrcnn.train.hooks.checkpoint import CheckpointHook
 from maskrcnn.train.hooks.curves import CURVES, CurvesHook
 from maskrcnn.train.hooks.evaluation import EvalHook, FinalEvaluationError
@@ -45,6 +47,7 @@ from maskrcnn.train.hooks.final_model import FINAL_MODEL, FinalModelHook
 from maskrcnn.train.hooks.metrics import MetricsHook
 from maskrcnn.train.hooks.nonfinite import NonFiniteHook, NonFiniteLossError
 from maskrcnn.train.hooks.progress import ProgressHook
+from maskrcnn.train.schedule import StepPlan
 from maskrcnn.train.seeding import seed_step
 from maskrcnn.train.signals import StopSignals
 from maskrcnn.train.step import StepRunner
@@ -73,7 +76,8 @@ class TrainResult:
         last_checkpoint: ``last.ckpt``.
         eval: the final evaluation (None without a validation set or when interrupted).
         skipped_steps: steps skipped for a non-finite loss or gradient, in the whole run.
-        seconds: wall-clock time of this invocation's loop.
+        seconds: wall-clock time of this invocation's loop (final evaluation included).
+        plan: the schedule the run followed (fitted to its time budget if it had one).
     """
 
     run_dir: Path
@@ -84,6 +88,7 @@ class TrainResult:
     eval: EvalResult | None
     skipped_steps: int
     seconds: float
+    plan: StepPlan
 
 
 def train(cfg: TrainConfig, *, resume: bool = False) -> TrainResult:
@@ -123,7 +128,7 @@ class Trainer:
         )
         self.loop = LoopState(
             iteration=run.start.iteration,
-            max_iter=cfg.schedule.max_iter,
+            max_iter=run.scheduler.plan.max_iter,
             start_iteration=run.start.iteration,
             skipped_steps=run.start.counters.skipped_steps,
             elapsed_before=run.start.counters.elapsed_seconds,
@@ -134,10 +139,20 @@ class Trainer:
             f"the trained model is {final_model}; evaluate it with: maskrcnn eval --weights "
             f"{final_model} --ann {cfg.data.val_ann} --images {cfg.data.val_images}"
         )
-        self.eval_hook = EvalHook(
-            functools.partial(evaluate_run, run), period=cfg.eval.period, retry_hint=retry
-        )
+        timer = EvalTimer(functools.partial(evaluate_run, run))
+        self.eval_hook = EvalHook(timer, period=cfg.eval.period, retry_hint=retry)
         self.final_model_hook = FinalModelHook(run.model, final_model, enabled=main)
+        minutes = cfg.runtime.max_minutes
+        self.budget_hook = BudgetHook(
+            run.scheduler,
+            budget_seconds=60 * minutes if minutes and cfg.schedule.fit_to_budget else None,
+            timer=timer,
+            eval_period=cfg.eval.period,
+            probe=functools.partial(time_evaluation, run) if run.val_set is not None else None,
+            eval_images=evaluation_images(run),
+            agree=functools.partial(max_over_ranks, info=run.dist, device=run.device),
+            record=self._record_plan,
+        )
         self.hooks: list[Hook] = [
             ProgressHook(period=cfg.log.period, enabled=cfg.log.progress and main),
             NonFiniteHook(max_in_a_row=cfg.runtime.max_nonfinite, run_dir=run.run_dir, warn=main),
@@ -149,8 +164,15 @@ class Trainer:
             ),
             self.final_model_hook,
             self.eval_hook,
+            self.budget_hook,
             CurvesHook(run.metrics.path, run.run_dir / CURVES, enabled=main),
         ]
+
+    def _record_plan(self, plan: StepPlan, why: dict[str, float]) -> None:
+        step = plan.revisions[-1][0] if plan.revisions else self.loop.iteration
+        row = {"type": "plan", "iter": step, **why}
+        row.update(plan.to_dict())
+        self.setup.metrics.write(row)
 
     @property
     def model(self) -> nn.Module:
@@ -223,4 +245,5 @@ class Trainer:
             eval=self.eval_hook.final,
             skipped_steps=loop.skipped_steps,
             seconds=time.monotonic() - loop.started,
+            plan=self.setup.scheduler.plan,
         )

@@ -284,6 +284,7 @@ def test_hooks_are_called_in_the_documented_order(
         "CheckpointHook",
         "FinalModelHook",
         "EvalHook",
+        "BudgetHook",
         "CurvesHook",
     ]
 

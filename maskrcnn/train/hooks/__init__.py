@@ -5,6 +5,7 @@ and the call order.
 """
 
 from maskrcnn.train.hooks.base import Hook, LoopState, StopReason
+from maskrcnn.train.hooks.budget import BudgetHook, EvalTimer
 from maskrcnn.train.hooks.checkpoint import CheckpointHook
 from maskrcnn.train.hooks.curves import CurvesHook
 from maskrcnn.train.hooks.evaluation import EvalHook
@@ -14,9 +15,11 @@ from maskrcnn.train.hooks.nonfinite import NonFiniteHook, NonFiniteLossError
 from maskrcnn.train.hooks.progress import ProgressHook
 
 __all__ = [
+    "BudgetHook",
     "CheckpointHook",
     "CurvesHook",
     "EvalHook",
+    "EvalTimer",
     "FinalModelHook",
     "Hook",
     "LoopState",

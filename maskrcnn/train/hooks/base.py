@@ -18,10 +18,13 @@ it and may raise to stop the run (e.g. the non-finite streak's
 that a hook can be tested with a hand-made :class:`LoopState`.
 
 The trainer's list (``Trainer.hooks``) is, in this order: progress bar, non-finite streak,
-metrics rows, checkpoints, final model, evaluation, curves. So a step's checkpoint is taken
-before its evaluation, a diverging step raises before it is logged, and at the end the last
-rows are written, then the last checkpoint, the final model (written even if the evaluation
-then fails), the final evaluation and the curves (which show that evaluation).
+metrics rows, checkpoints, final model, evaluation, time budget, curves. So a step's
+checkpoint is taken before its evaluation, a diverging step raises before it is logged, the
+time budget's step count (:class:`~maskrcnn.train.hooks.budget.BudgetHook`, which may change
+``LoopState.max_iter``) is revised once the step's checkpoint and evaluation took their time,
+and at the end the last rows are written, then the last checkpoint, the final model (written
+even if the evaluation then fails), the final evaluation and the curves (which show that
+evaluation).
 """
 
 from __future__ import annotations
@@ -46,7 +49,7 @@ class LoopState:
 
     Attributes:
         iteration: steps completed (after ``after_step``: including the step just run).
-        max_iter: the step at which the run ends.
+        max_iter: the step at which the run ends (the time budget's hook may change it).
         start_iteration: the step this invocation started from (a resumed run's checkpoint).
         skipped_steps: steps skipped for a non-finite loss or gradient, in the whole run.
         epoch: the data's epoch after the last step.

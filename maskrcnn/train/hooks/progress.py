@@ -39,6 +39,8 @@ class ProgressHook(Hook):
 
     def after_step(self, loop: LoopState) -> None:
         assert loop.outcome is not None
+        if self.bar.total != loop.max_iter:  # the time budget fixed the step count
+            self.bar.total = loop.max_iter
         self.bar.update(1)
         if not loop.outcome.skipped:
             self.window.add(loop.outcome.names, loop.outcome.values)
