@@ -141,9 +141,7 @@ def _build(cfg: TrainConfig, info: DistInfo, resume: bool) -> TrainRun:
     source, base = _init_source(cfg, state, where=str(run_dir / ckpt.LAST))
     train_set, val_set = _datasets(cfg, base)
     categories = train_set.categories
-    model_cfg = cfg.model.model_config(
-        categories.num_classes, categories.names_by_label, base=base
-    )
+    model_cfg = cfg.model.model_config(categories.num_classes, categories.names_by_label, base=base)
     if state is not None:
         run_state.check_compatible(
             state,

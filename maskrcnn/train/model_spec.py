@@ -133,6 +133,7 @@ def _check_init(spec: ModelSpec) -> None:
             f"TrainConfig.model.init_arch: must be one of {list(INIT_ARCHITECTURES)} "
             f"(got {spec.init_arch!r})"
         )
+    pairs: tuple[tuple[str, str], ...] = ()
     try:
         pairs = tuple((p[0], p[1]) for p in spec.init_map if len(p) == 2)
         ok = len(pairs) == len(spec.init_map) and all(

@@ -101,8 +101,9 @@ def infer_norm_eps(state_dict: Mapping[str, Tensor]) -> float:
     recognisable by its ``num_batches_tracked`` buffers; the published COCO weights (FrozenBN
     without those buffers) use eps 0.0.
     """
-    tracked = any(k.startswith("backbone.body.") and k.endswith("num_batches_tracked")
-                  for k in state_dict)
+    tracked = any(
+        k.startswith("backbone.body.") and k.endswith("num_batches_tracked") for k in state_dict
+    )
     return 1e-5 if tracked else 0.0
 
 

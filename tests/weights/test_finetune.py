@@ -90,7 +90,8 @@ def test_training_checkpoint_source(tmp_path):
     model = build_model(source.config.replace(num_classes=4, category_names=TARGET_NAMES))
     init_from_source(model, source, target_names=TARGET_NAMES)
     assert torch.equal(
-        model.state_dict()[CLS_SCORE + "weight"][3], source_model.state_dict()[CLS_SCORE + "weight"][1]
+        model.state_dict()[CLS_SCORE + "weight"][3],
+        source_model.state_dict()[CLS_SCORE + "weight"][1],
     )
 
 
