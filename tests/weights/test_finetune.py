@@ -112,3 +112,34 @@ def test_torchvision_v1_source_uses_the_coco_91_layout(tmp_path):
     assert torch.equal(w[1], ref[10]) and torch.equal(w[2], ref[1]) and torch.equal(w[0], ref[0])
     assert report.fresh_classes == ["rider"]
     assert any(k.endswith("num_batches_tracked") for k in report.dropped)
+
+
+def test_cli_fine_tuning_options_become_the_model_spec(tmp_path):
+    import argparse
+
+    import pytest as _pytest
+
+    from maskrcnn.cli.train import add_train_command, build_config, parse_init_map
+    from maskrcnn.data.shapes import write_shapes_dataset
+
+    assert parse_init_map(["rider=person,van=car", "hexagon="]) == (
+        ("rider", "person"),
+        ("van", "car"),
+        ("hexagon", ""),
+    )
+    with _pytest.raises(ValueError, match="DATA_NAME=SOURCE_NAME"):
+        parse_init_map(["rider"])
+    files = write_shapes_dataset(
+        tmp_path / "d", train=1, val=0, seed=0, image_size=(64, 64), classes=("cross", "circle")
+    )
+    assert files.train_ann.read_text().count('"name": "cross"') == 1
+    parser = argparse.ArgumentParser()
+    add_train_command(parser.add_subparsers())
+    args = parser.parse_args(
+        ["train", "--data", str(tmp_path / "d"), "--out", str(tmp_path / "r"), "--init", "m.pth",
+         "--init-map", "cross=star", "--freeze-at", "3", "--backbone-norm", "bn"]
+    )  # fmt: skip
+    cfg, _ = build_config(args)
+    assert cfg.model.init == "m.pth" and cfg.model.init_arch == "source"
+    assert cfg.model.init_map == (("cross", "star"),)
+    assert cfg.model.overrides == {"backbone.freeze_at": 3, "backbone.norm": "bn"}
