@@ -143,3 +143,31 @@ def test_cli_fine_tuning_options_become_the_model_spec(tmp_path):
     assert cfg.model.init == "m.pth" and cfg.model.init_arch == "source"
     assert cfg.model.init_map == (("cross", "star"),)
     assert cfg.model.overrides == {"backbone.freeze_at": 3, "backbone.norm": "bn"}
+
+
+def test_published_name_through_the_hub_cache_and_the_offline_error(monkeypatch, tmp_path):
+    from torchvision.models.detection import maskrcnn_resnet50_fpn_v2
+
+    from maskrcnn.weights.pretrained import PUBLISHED, WeightsUnavailableError, hub_cache_path
+
+    def refuse(url, *args, **kwargs):
+        raise OSError("no network in tests")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", refuse)
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+    name = "maskrcnn_resnet50_fpn_v2_coco"
+    with pytest.raises(WeightsUnavailableError, match="copy it to"):
+        read_init_source(name)
+    torch.manual_seed(0)
+    tv = maskrcnn_resnet50_fpn_v2(weights=None, weights_backbone=None)
+    cached = hub_cache_path(PUBLISHED[name].url)
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(tv.state_dict(), cached)
+    source = read_init_source(name)
+    assert source.config.fpn.norm == "bn" and source.category_names[1] == "person"
+    names = ("__background__", "dog", "unicorn")
+    model = build_model(source.config.replace(num_classes=3, category_names=names))
+    report = init_from_source(model, source, target_names=names)
+    ref = tv.state_dict()["roi_heads.mask_predictor.mask_fcn_logits.weight"]
+    assert torch.equal(model.state_dict()[MASK_PREDICTOR + "weight"][1], ref[18])  # dog: id 18
+    assert report.fresh_classes == ["unicorn"]
