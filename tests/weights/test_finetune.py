@@ -171,3 +171,29 @@ def test_published_name_through_the_hub_cache_and_the_offline_error(monkeypatch,
     ref = tv.state_dict()["roi_heads.mask_predictor.mask_fcn_logits.weight"]
     assert torch.equal(model.state_dict()[MASK_PREDICTOR + "weight"][1], ref[18])  # dog: id 18
     assert report.fresh_classes == ["unicorn"]
+
+
+def test_detectron2_pkl_source_uses_the_coco_80_layout(tmp_path):
+    import pickle
+
+    from weights.test_detectron2 import SMALL, d2_arrays
+
+    from maskrcnn.config import detectron2_config
+
+    torch.manual_seed(0)
+    d2_model = build_model(detectron2_config(80, **SMALL))
+    arrays = d2_arrays(d2_model)
+    path = tmp_path / "model_final.pkl"
+    with open(path, "wb") as handle:
+        pickle.dump({"model": arrays}, handle, protocol=3)
+    source = read_init_source(path)
+    assert source.category_names[1] == "person" and source.config.num_classes == 81
+    names = ("__background__", "Zebra", "rider")
+    model = build_model(source.config.replace(num_classes=3, category_names=names))
+    init_from_source(model, source, target_names=names)
+    zebra = 23  # our label of COCO's zebra in the 80 + 1 layout (detectron2 class 22)
+    got, ref = model.state_dict(), d2_model.state_dict()
+    assert torch.equal(got[CLS_SCORE + "weight"][1], ref[CLS_SCORE + "weight"][zebra])
+    assert torch.equal(
+        got[BBOX_PRED + "bias"][4:8], ref[BBOX_PRED + "bias"][4 * zebra : 4 * zebra + 4]
+    )
