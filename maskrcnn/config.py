@@ -350,8 +350,8 @@ def preset(name: str, num_classes: int = 91) -> ModelConfig:
 def torchvision_v1(num_classes: int = 91) -> ModelConfig:
     """Reproduces torchvision's ``maskrcnn_resnet50_fpn`` exactly (its quirks as configuration).
 
-    FrozenBN eps is 0.0 as for the published COCO_V1 weights; pass ``norm_eps=1e-5`` through
-    ``from_torchvision`` for a model built by torchvision with ``weights=None``.
+    FrozenBN eps is 0.0 as for the published COCO_V1 weights; ``from_torchvision`` sets 1e-5
+    for a state dict of a model torchvision built with ``weights=None`` (plain BatchNorm).
     """
     legacy = PoolerConfig(output_size=7, sampling_ratio=2, aligned=False, level_eps=1e-6)
     return ModelConfig(

@@ -21,6 +21,8 @@ def cmd_shapes(args: argparse.Namespace) -> int:
         val=args.val,
         seed=args.seed,
         image_size=(args.height, args.width),
+        classes=tuple(args.classes.split(",")) if args.classes else None,
+        colours=args.colours,
     )
     print(f"wrote {args.train} training and {args.val} validation images to {files.image_dir}")
     print(f"  {files.train_ann}")
@@ -69,6 +71,14 @@ def add_data_commands(subparsers: Any) -> argparse.ArgumentParser:
     shapes.add_argument("--seed", type=int, default=0, help="random seed")
     shapes.add_argument("--height", type=_image_side, default=192, help="image height (landscape)")
     shapes.add_argument("--width", type=_image_side, default=256, help="image width (landscape)")
+    shapes.add_argument(
+        "--classes",
+        help="comma-separated shape classes (default circle,square,triangle,star; also "
+        "hexagon, cross, pentagon): a second task for fine-tuning experiments",
+    )
+    shapes.add_argument(
+        "--colours", choices=("vivid", "pastel"), default="vivid", help="object colours"
+    )
     shapes.set_defaults(func=cmd_shapes)
 
     check = sub.add_parser("check", help="check a COCO dataset before training on it")

@@ -105,6 +105,7 @@ def add_train_command(subparsers: Any) -> argparse.ArgumentParser:
         help="skip unreadable training images (logged and counted) instead of stopping",
     )
     _add_config_sources(p)
+    _add_init_options(p)
     p.set_defaults(func=cmd_train)
     return p
 
@@ -125,6 +126,78 @@ def _add_config_sources(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="print the resolved configuration (YAML, --config reads it) and train nothing",
     )
+
+
+# ----------------------------------------------------------------------------------------------
+# Fine-tuning from a pretrained Mask R-CNN (--init, --init-map, --freeze-at, --backbone-norm)
+
+
+def _add_init_options(p: argparse.ArgumentParser) -> None:
+    group = p.add_argument_group("fine-tuning from a pretrained Mask R-CNN")
+    group.add_argument(
+        "--init",
+        metavar="SOURCE",
+        help="start from a whole Mask R-CNN: our .safetensors or training checkpoint, a "
+        "torchvision .pth (v1/v2), a detectron2 .pkl/.pth, or a published name; class rows "
+        "are carried over by category name",
+    )
+    group.add_argument(
+        "--init-map",
+        action="append",
+        default=[],
+        metavar="DATA=SOURCE,...",
+        help="map data categories to source categories by hand (DATA= : start it fresh)",
+    )
+    group.add_argument(
+        "--freeze-at",
+        type=int,
+        choices=range(6),
+        help="freeze the stem and the first stages (0: nothing, 1: stem, 2: + res2, ... 5)",
+    )
+    group.add_argument(
+        "--backbone-norm",
+        choices=("frozen_bn", "bn"),
+        help="backbone normalisation: frozen_bn (fixed statistics, the usual fine-tuning "
+        "choice) or bn (trained BatchNorm)",
+    )
+
+
+def apply_init_options(cfg: TrainConfig, args: argparse.Namespace) -> TrainConfig:
+    """``cfg`` with the fine-tuning options set: ``--init`` (the architecture from the source
+    unless ``--preset`` is given), ``--init-map``, and ``--freeze-at`` / ``--backbone-norm``
+    as model overrides (joining the ``--set`` values)."""
+    changes: dict[str, Any] = {}
+    if args.init is not None:
+        changes["model.init"] = args.init
+        changes["model.init_arch"] = "preset" if args.preset is not None else "source"
+    if args.init_map:
+        changes["model.init_map"] = parse_init_map(args.init_map)
+    overrides = dict(cfg.model.overrides)
+    if args.freeze_at is not None:
+        overrides["backbone.freeze_at"] = args.freeze_at
+    if args.backbone_norm is not None:
+        overrides["backbone.norm"] = args.backbone_norm
+    if overrides != dict(cfg.model.overrides):
+        changes["model.overrides"] = overrides
+    return cfg.with_values(changes) if changes else cfg
+
+
+def parse_init_map(items: list[str]) -> tuple[tuple[str, str], ...]:
+    """``["rider=person,car=car"]`` -> ``(("rider", "person"), ("car", "car"))``.
+
+    Raises:
+        ValueError: an entry without ``=`` or without a data name.
+    """
+    pairs: list[tuple[str, str]] = []
+    for item in items:
+        for entry in item.split(","):
+            if not entry.strip():
+                continue
+            data_name, sep, source_name = entry.partition("=")
+            if not sep or not data_name.strip():
+                raise ValueError(f"--init-map: expected DATA_NAME=SOURCE_NAME, got {entry!r}")
+            pairs.append((data_name.strip(), source_name.strip()))
+    return tuple(pairs)
 
 
 def build_config(args: argparse.Namespace) -> tuple[TrainConfig, bool]:
@@ -176,6 +249,7 @@ def build_config(args: argparse.Namespace) -> tuple[TrainConfig, bool]:
         parsed = parse_assignments(args.set, where="model override")
         changes["model.overrides"] = {**cfg.model.overrides, **parsed}
     cfg = cfg.with_values(changes).with_assignments(args.train_set)
+    cfg = apply_init_options(cfg, args)
     if args.lr is not None:  # an absolute rate: it refers to this batch size
         cfg = cfg.with_values(
             {"optim.base_lr": args.lr, "optim.base_batch_size": cfg.data.batch_size}

@@ -31,6 +31,19 @@ SHAPE_CATEGORIES: tuple[tuple[int, str], ...] = (
     (11, "star"),
 )
 
+# Every shape the generator can draw: name -> COCO category id. ``classes=`` picks a subset
+# (a second task for fine-tuning experiments: some names shared with the default set).
+SHAPE_CATALOGUE: dict[str, int] = {
+    "circle": 1,
+    "square": 3,
+    "triangle": 7,
+    "star": 11,
+    "hexagon": 13,
+    "cross": 17,
+    "pentagon": 19,
+}
+COLOUR_STYLES = ("vivid", "pastel")
+
 _MIN_VISIBLE_FRACTION = 0.3  # an object hidden more than this is removed from the scene
 _MIN_VISIBLE_PIXELS = 12
 
@@ -59,6 +72,8 @@ def write_shapes_dataset(
     val: int,
     seed: int,
     image_size: tuple[int, int] = (192, 256),
+    classes: tuple[str, ...] | None = None,
+    colours: str = "vivid",
 ) -> ShapesFiles:
     """Writes ``out/train.json``, ``out/val.json`` and ``out/images/*.png``.
 
@@ -67,7 +82,12 @@ def write_shapes_dataset(
         train, val: number of images per split.
         seed: the same seed writes the same files.
         image_size: (h, w) of landscape images; about one image in five is transposed.
+        classes: names from :data:`SHAPE_CATALOGUE` (None: the four default classes).
+        colours: "vivid" (saturated, the default) or "pastel" (pale, low-saturation objects).
     """
+    categories = _chosen_categories(classes)
+    if colours not in COLOUR_STYLES:
+        raise ValueError(f"colours must be one of {list(COLOUR_STYLES)}, got {colours!r}")
     if train < 0 or val < 0:
         raise ValueError(f"image counts must be >= 0, got train={train}, val={val}")
     h, w = image_size
@@ -81,20 +101,38 @@ def write_shapes_dataset(
         [("train", train, files.train_ann), ("val", val, files.val_ann)]
     ):
         rng = np.random.default_rng(np.random.SeedSequence([seed, split_index]))
-        coco = _write_split(split, count, image_size, image_dir, rng)
+        coco = _write_split(split, count, image_size, image_dir, rng, categories, colours)
         ann_file.write_text(json.dumps(coco))
     return files
 
 
+def _chosen_categories(classes: tuple[str, ...] | None) -> tuple[tuple[int, str], ...]:
+    """(id, name) of the chosen classes, in id order; unknown names raise a ``ValueError``."""
+    if classes is None:
+        return SHAPE_CATEGORIES
+    unknown = [c for c in classes if c not in SHAPE_CATALOGUE]
+    if unknown or not classes or len(set(classes)) != len(classes):
+        raise ValueError(
+            f"classes must be distinct names from {list(SHAPE_CATALOGUE)}, got {list(classes)}"
+        )
+    return tuple(sorted((SHAPE_CATALOGUE[c], c) for c in classes))
+
+
 def _write_split(
-    split: str, count: int, size: tuple[int, int], image_dir: Path, rng: np.random.Generator
+    split: str,
+    count: int,
+    size: tuple[int, int],
+    image_dir: Path,
+    rng: np.random.Generator,
+    chosen: tuple[tuple[int, str], ...] = SHAPE_CATEGORIES,
+    colours: str = "vivid",
 ) -> dict[str, Any]:
     images: list[dict[str, Any]] = []
     annotations: list[dict[str, Any]] = []
     for i in range(count):
         h, w = size if rng.random() >= 0.2 else size[::-1]
         file_name = f"{split}_{i:05d}.png"
-        pixels, shapes, visible = _render(h, w, rng)
+        pixels, shapes, visible = _render(h, w, rng, chosen, colours)
         Image.fromarray(pixels).save(image_dir / file_name, compress_level=1)
         image_id = i + 1
         images.append({"id": image_id, "file_name": file_name, "width": w, "height": h})
@@ -111,7 +149,7 @@ def _write_split(
                     "iscrowd": 0,
                 }
             )
-    categories = [{"id": c, "name": n, "supercategory": "shape"} for c, n in SHAPE_CATEGORIES]
+    categories = [{"id": c, "name": n, "supercategory": "shape"} for c, n in chosen]
     return {
         "info": {"description": f"synthetic shapes ({split})"},
         "images": images,
@@ -140,7 +178,11 @@ def _uncompressed_counts(mask: np.ndarray) -> list[int]:
 
 
 def _render(
-    h: int, w: int, rng: np.random.Generator
+    h: int,
+    w: int,
+    rng: np.random.Generator,
+    chosen: tuple[tuple[int, str], ...] = SHAPE_CATEGORIES,
+    colours: str = "vivid",
 ) -> tuple[np.ndarray, list[_Shape], list[np.ndarray]]:
     """An image [H, W, 3] uint8, its objects, and each object's visible mask."""
     pixels = _background(h, w, rng)
@@ -148,9 +190,9 @@ def _render(
     count = 0 if rng.random() < 0.1 else int(rng.integers(1, 9))
     for _ in range(count):
         if shapes and rng.random() < 0.35:  # a same-class neighbour touching or overlapping
-            shapes.append(_neighbour(shapes[int(rng.integers(len(shapes)))], h, w, rng))
+            shapes.append(_neighbour(shapes[int(rng.integers(len(shapes)))], h, w, rng, colours))
         else:
-            shapes.append(_random_shape(h, w, rng))
+            shapes.append(_random_shape(h, w, rng, chosen, colours))
     while True:  # drop mostly hidden objects until every remaining one is visible enough
         visible = _visible_masks(shapes)
         keep = [
@@ -180,14 +222,22 @@ def _visible_masks(shapes: list[_Shape]) -> list[np.ndarray]:
     return visible[::-1]
 
 
-def _random_shape(h: int, w: int, rng: np.random.Generator) -> _Shape:
-    category_id = SHAPE_CATEGORIES[int(rng.integers(len(SHAPE_CATEGORIES)))][0]
+def _random_shape(
+    h: int,
+    w: int,
+    rng: np.random.Generator,
+    chosen: tuple[tuple[int, str], ...] = SHAPE_CATEGORIES,
+    colours: str = "vivid",
+) -> _Shape:
+    category_id = chosen[int(rng.integers(len(chosen)))][0]
     radius = math.exp(rng.uniform(math.log(5.0), math.log(0.25 * min(h, w))))
     cx, cy = rng.uniform(0.05 * w, 0.95 * w), rng.uniform(0.05 * h, 0.95 * h)
-    return _make_shape(category_id, cx, cy, radius, h, w, rng)
+    return _make_shape(category_id, cx, cy, radius, h, w, rng, colours)
 
 
-def _neighbour(other: _Shape, h: int, w: int, rng: np.random.Generator) -> _Shape:
+def _neighbour(
+    other: _Shape, h: int, w: int, rng: np.random.Generator, colours: str = "vivid"
+) -> _Shape:
     xs, ys = np.array(other.polygon[0::2]), np.array(other.polygon[1::2])
     cx, cy = xs.mean(), ys.mean()
     r_other = float(np.hypot(xs - cx, ys - cy).max())
@@ -195,11 +245,18 @@ def _neighbour(other: _Shape, h: int, w: int, rng: np.random.Generator) -> _Shap
     angle = rng.uniform(0, 2 * math.pi)
     distance = (r_other + radius) * rng.uniform(0.55, 0.95)
     nx, ny = cx + distance * math.cos(angle), cy + distance * math.sin(angle)
-    return _make_shape(other.category_id, nx, ny, radius, h, w, rng)
+    return _make_shape(other.category_id, nx, ny, radius, h, w, rng, colours)
 
 
 def _make_shape(
-    category_id: int, cx: float, cy: float, radius: float, h: int, w: int, rng: np.random.Generator
+    category_id: int,
+    cx: float,
+    cy: float,
+    radius: float,
+    h: int,
+    w: int,
+    rng: np.random.Generator,
+    colours: str = "vivid",
 ) -> _Shape:
     rotation = rng.uniform(0, 2 * math.pi)
     if category_id == 1:
@@ -208,18 +265,37 @@ def _make_shape(
         angles, radii = rotation + np.arange(4) * math.pi / 2, np.full(4, radius)
     elif category_id == 7:
         angles, radii = rotation + np.arange(3) * 2 * math.pi / 3, np.full(3, radius)
-    else:
+    elif category_id == 11:
         angles = rotation + np.arange(10) * math.pi / 5
         radii = np.where(np.arange(10) % 2 == 0, radius, 0.45 * radius)
+    elif category_id in (13, 19):  # hexagon, pentagon
+        sides = 6 if category_id == 13 else 5
+        angles, radii = rotation + np.arange(sides) * 2 * math.pi / sides, np.full(sides, radius)
+    else:  # cross: a plus sign of arms 0.35 radius wide (12 corners)
+        a = math.atan2(0.35, 1.0)
+        corner = math.hypot(0.35, 0.35)
+        base = np.array([[-a, radius], [a, radius], [math.pi / 4, corner * radius]] * 4)
+        quarter = np.repeat(np.arange(4) * math.pi / 2, 3)
+        angles, radii = rotation + base[:, 0] + quarter, base[:, 1]
     xs = np.clip(cx + radii * np.cos(angles), 0, w)
     ys = np.clip(cy + radii * np.sin(angles), 0, h)
     polygon = np.stack([xs, ys], axis=1).ravel().round(2).tolist()
-    return _Shape(category_id, polygon, _vivid_colour(rng), decode_mask([polygon], h, w))
+    colour = _vivid_colour(rng) if colours == "vivid" else _pastel_colour(rng)
+    return _Shape(category_id, polygon, colour, decode_mask([polygon], h, w))
 
 
 def _vivid_colour(rng: np.random.Generator) -> np.ndarray:
     hue = rng.uniform(0, 6)
     sat, val = rng.uniform(0.5, 1.0), rng.uniform(0.5, 1.0)
+    k = (np.array([5.0, 3.0, 1.0]) + hue) % 6
+    rgb = val - val * sat * np.clip(np.minimum(k, 4 - k), 0, 1)
+    return (rgb * 255).astype(np.float64)
+
+
+def _pastel_colour(rng: np.random.Generator) -> np.ndarray:
+    """A pale, low-saturation colour (the second task's objects)."""
+    hue = rng.uniform(0, 6)
+    sat, val = rng.uniform(0.15, 0.4), rng.uniform(0.8, 1.0)
     k = (np.array([5.0, 3.0, 1.0]) + hue) % 6
     rgb = val - val * sat * np.clip(np.minimum(k, 4 - k), 0, 1)
     return (rgb * 255).astype(np.float64)

@@ -41,6 +41,7 @@ from maskrcnn.train.metrics import MetricsWriter
 from maskrcnn.train.resumable_data import TrainData
 from maskrcnn.train.schedule import WarmupMultiStepLR, build_optimization
 from maskrcnn.train.validation_set import check_validation_set
+from maskrcnn.weights.finetune import InitReport, InitSource, init_from_source, read_init_source
 
 logger = logging.getLogger("maskrcnn.train")
 
@@ -84,6 +85,8 @@ class TrainRun:
         data: the training batches (positioned at the start point).
         metrics: rank 0's ``metrics.jsonl`` writer (disabled on other ranks).
         start: the step the run starts from, and the resumed counters.
+        init_report: what ``model.init`` loaded, carried over and left fresh (a new run
+            started from pretrained weights; None otherwise).
     """
 
     cfg: TrainConfig
@@ -103,6 +106,7 @@ class TrainRun:
     data: TrainData
     metrics: MetricsWriter
     start: StartPoint
+    init_report: InitReport | None = None
 
     def close(self) -> None:
         """Closes the metrics writer and leaves the process group (if we created it)."""
@@ -134,9 +138,10 @@ def _build(cfg: TrainConfig, info: DistInfo, resume: bool) -> TrainRun:
             f"batch_size {cfg.data.batch_size} is not divisible by {info.world_size} processes"
         )
     state = run_state.previous_run(run_dir, cfg, resume=resume)
-    train_set, val_set = _datasets(cfg)
+    source, base = _init_source(cfg, state, where=str(run_dir / ckpt.LAST))
+    train_set, val_set = _datasets(cfg, base)
     categories = train_set.categories
-    model_cfg = cfg.model.model_config(categories.num_classes, categories.names_by_label)
+    model_cfg = cfg.model.model_config(categories.num_classes, categories.names_by_label, base=base)
     if state is not None:
         run_state.check_compatible(
             state,
@@ -152,6 +157,16 @@ def _build(cfg: TrainConfig, info: DistInfo, resume: bool) -> TrainRun:
         from maskrcnn.weights.pretrained import load_imagenet_backbone
 
         load_imagenet_backbone(model, cfg.model.imagenet)
+    init_report = None
+    if source is not None:  # a new run only: a resumed one has the weights in its checkpoint
+        init_report = init_from_source(
+            model,
+            source,
+            target_names=categories.names_by_label,
+            name_map=dict(cfg.model.init_map),
+        )
+        init_report.notes.extend(_norm_notes(model_cfg))
+        del source
     model.to(device)
     if info.distributed and cfg.runtime.sync_bn:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
@@ -187,6 +202,10 @@ def _build(cfg: TrainConfig, info: DistInfo, resume: bool) -> TrainRun:
     metrics = MetricsWriter(run_dir, enabled=info.is_main)
     if info.is_main:
         _prepare_run_dir(run_dir, cfg, metrics, start.iteration)
+        if init_report is not None:
+            init_report.write(run_dir)
+    if init_report is not None:
+        logger.info("%s", init_report.table().rstrip())
     logger.info(
         f"training {cfg.model.preset} ({categories.num_categories} classes) on "
         f"{len(train_set)} images, {cfg.data.batch_size} per step over {info.world_size} "
@@ -216,13 +235,50 @@ def _build(cfg: TrainConfig, info: DistInfo, resume: bool) -> TrainRun:
         data=data,
         metrics=metrics,
         start=start,
+        init_report=init_report,
     )
 
 
-def _datasets(cfg: TrainConfig) -> tuple[CocoDataset, CocoDataset | None]:
+def _init_source(
+    cfg: TrainConfig, state: ckpt.TrainingState | None, *, where: str
+) -> tuple[InitSource | None, ModelConfig | None]:
+    """The pretrained weights a new run starts from (None: none, or a resumed run) and the
+    architecture the model configuration starts from (None: the preset).
+
+    A resumed run reads no source: its checkpoint's configuration is the architecture.
+    """
+    spec = cfg.model
+    if spec.init is None:
+        return None, None
+    if state is not None:
+        base = ckpt.model_config_from(state, where)
+        return None, base if spec.init_arch == "source" else None
+    source = read_init_source(spec.init)
+    return source, source.config if spec.init_arch == "source" else None
+
+
+def _norm_notes(model_cfg: ModelConfig) -> list[str]:
+    """How the backbone's normalisation behaves in this fine-tuning run (said explicitly)."""
+    bb = model_cfg.backbone
+    kind = {
+        "frozen_bn": "FrozenBN (the source's statistics and affine, fixed)",
+        "bn": "BatchNorm (trained; batch statistics of this run's small batches)",
+        "gn": "GroupNorm",
+        "none": "no normalisation",
+    }[bb.norm]
+    frozen = ", ".join(("stem", "res2", "res3", "res4", "res5")[: bb.freeze_at]) or "nothing"
+    return [
+        f"backbone norm: {kind}; change it with --backbone-norm frozen_bn|bn",
+        f"frozen: {frozen} (--freeze-at {bb.freeze_at})",
+    ]
+
+
+def _datasets(
+    cfg: TrainConfig, base: ModelConfig | None = None
+) -> tuple[CocoDataset, CocoDataset | None]:
     """The training set (with the model's input sizes and flips) and the validation set."""
     data = cfg.data
-    sizes = cfg.model.model_config().input
+    sizes = cfg.model.model_config(base=base).input
     train_set = CocoDataset(
         data.train_ann,
         data.train_images,

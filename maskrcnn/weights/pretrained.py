@@ -119,8 +119,10 @@ def from_pretrained(name_or_path: str | Path, **kwargs: Any) -> MaskRCNN:
             ``category_names``. Our own model files take none.
 
     COCO category names are attached by default to the published models and to local
-    torchvision / detectron2 files with COCO's class count (91 / 80 + 1). A local torchvision
-    v1 file gets the published weights' FrozenBN eps 0.0 unless ``norm_eps`` is given.
+    torchvision / detectron2 files with COCO's class count (91 / 80 + 1). A published v1 model
+    gets FrozenBN eps 0.0; for a local torchvision v1 file the eps is read from the state dict
+    (1e-5 with ``num_batches_tracked`` buffers: plain BatchNorm; else 0.0) unless ``norm_eps``
+    is given.
 
     Raises:
         ValueError: an unknown name (listing the known ones), an ImageNet backbone name, or a
@@ -138,6 +140,8 @@ def from_pretrained(name_or_path: str | Path, **kwargs: Any) -> MaskRCNN:
             )
         kwargs.setdefault("category_names", COCO_91_NAMES)
         variant: TorchvisionVariant = "v1" if published.kind == "torchvision_v1" else "v2"
+        if variant == "v1":
+            kwargs.setdefault("norm_eps", 0.0)  # the published weights' FrozenBN eps
         return from_torchvision(fetch_state_dict(name), variant, **kwargs)
     path = Path(name_or_path)
     if not path.is_file():

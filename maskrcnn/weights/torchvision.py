@@ -94,6 +94,19 @@ _BUILDER_KWARGS = {
 }
 
 
+def infer_norm_eps(state_dict: Mapping[str, Tensor]) -> float:
+    """The FrozenBN eps that reproduces a torchvision v1 state dict (torchvision's names).
+
+    A model torchvision built without weights has plain ``BatchNorm2d`` (eps 1e-5), which is
+    recognisable by its ``num_batches_tracked`` buffers; the published COCO weights (FrozenBN
+    without those buffers) use eps 0.0.
+    """
+    tracked = any(
+        k.startswith("backbone.body.") and k.endswith("num_batches_tracked") for k in state_dict
+    )
+    return 1e-5 if tracked else 0.0
+
+
 def torchvision_config(variant: TorchvisionVariant = "v1", **kwargs: Any) -> ModelConfig:
     """The configuration reproducing torchvision's model, with its builder's keyword arguments.
 
@@ -161,14 +174,19 @@ def from_torchvision(
         variant: which torchvision architecture the weights are for.
         category_names: label names (index = label).
         **kwargs: torchvision builder arguments (``box_score_thresh``, ``min_size``, ...) and
-            ``norm_eps`` (see :func:`torchvision_config`).
+            ``norm_eps`` (see :func:`torchvision_config`). Without ``norm_eps``, a v1 state dict
+            with ``num_batches_tracked`` buffers (a model torchvision built without weights:
+            plain BatchNorm) gets 1e-5, one without them (the published weights) 0.0.
     """
     source = (
         "torchvision state dict"
         if isinstance(state_dict_or_path, Mapping)
         else str(state_dict_or_path)
     )
-    state_dict = convert_torchvision_state_dict(read_state_dict(state_dict_or_path))
+    raw = read_state_dict(state_dict_or_path)
+    if variant == "v1" and "norm_eps" not in kwargs:
+        kwargs["norm_eps"] = infer_norm_eps(raw)
+    state_dict = convert_torchvision_state_dict(raw)
     classes = "roi_heads.box_predictor.cls_score.weight"
     if classes not in state_dict:
         raise ValueError(

@@ -32,9 +32,11 @@ def _pair(variant: str, seed: int):
         weights=None, weights_backbone=None, box_detections_per_img=100 + SLACK, **BUILDER_KWARGS
     )
     randomize_(reference, seed=seed).eval()
-    # A v1 model built with weights=None has BatchNorm (eps 1e-5), not the published eps 0.
-    extra = {"norm_eps": 1e-5} if variant == "v1" else {}
-    ours = from_torchvision(reference.state_dict(), variant, **BUILDER_KWARGS, **extra)
+    # A v1 model built with weights=None has BatchNorm (eps 1e-5), not the published eps 0:
+    # from_torchvision reads that from its num_batches_tracked buffers (no norm_eps given).
+    ours = from_torchvision(reference.state_dict(), variant, **BUILDER_KWARGS)
+    if variant == "v1":
+        assert ours.cfg.backbone.norm_eps == 1e-5
     return reference, ours
 
 
