@@ -310,7 +310,10 @@ def _override(node: Any, parts: list[str], value: Any, key: str) -> Any:
         or head not in {f.name for f in dataclasses.fields(node)}
     ):
         raise ValueError(f"unknown config key {key!r}")
-    new = _override(getattr(node, head), rest, value, key) if rest else value
+    child = getattr(node, head)
+    if rest and child is None and (type(node), head) in _NESTED:
+        child = _NESTED[(type(node), head)]()  # e.g. "keypoint_head.conv_dim" adds the head
+    new = _override(child, rest, value, key) if rest else value
     return dataclasses.replace(node, **{head: new})
 
 

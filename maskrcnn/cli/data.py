@@ -12,10 +12,12 @@ from typing import Any
 
 
 def cmd_shapes(args: argparse.Namespace) -> int:
-    """``maskrcnn data shapes OUT --train N --val M --seed S``."""
+    """``maskrcnn data shapes OUT --train N --val M --seed S [--keypoints]``."""
+    from maskrcnn.data.figures import write_figures_dataset
     from maskrcnn.data.shapes import write_shapes_dataset
 
-    files = write_shapes_dataset(
+    write = write_figures_dataset if args.keypoints else write_shapes_dataset
+    files = write(
         Path(args.out),
         train=args.train,
         val=args.val,
@@ -69,6 +71,11 @@ def add_data_commands(subparsers: Any) -> argparse.ArgumentParser:
     shapes.add_argument("--seed", type=int, default=0, help="random seed")
     shapes.add_argument("--height", type=_image_side, default=192, help="image height (landscape)")
     shapes.add_argument("--width", type=_image_side, default=256, help="image width (landscape)")
+    shapes.add_argument(
+        "--keypoints",
+        action="store_true",
+        help="stick figures with 11 named keypoints instead (a COCO keypoint dataset)",
+    )
     shapes.set_defaults(func=cmd_shapes)
 
     check = sub.add_parser("check", help="check a COCO dataset before training on it")

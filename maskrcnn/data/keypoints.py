@@ -9,6 +9,7 @@ occluded) or 2 (labelled and visible), and ``num_keypoints`` (the count with v >
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 from dataclasses import dataclass
@@ -16,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from maskrcnn.config import KeypointHeadConfig
 from maskrcnn.data.annotations import DatasetError
 
 _SIDES = (("left", "right"), ("right", "left"))
@@ -156,3 +158,16 @@ def count_visible(ann: dict[str, Any]) -> int:
 
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
+
+
+def keypoint_head_config(
+    spec: KeypointSpec, base: KeypointHeadConfig | None = None
+) -> KeypointHeadConfig:
+    """``base`` (default: :class:`~maskrcnn.config.KeypointHeadConfig`'s defaults) with the
+    dataset's number of keypoints, names and skeleton: the head a keypoint dataset trains."""
+    return dataclasses.replace(
+        base or KeypointHeadConfig(num_keypoints=spec.num_keypoints),
+        num_keypoints=spec.num_keypoints,
+        keypoint_names=spec.names,
+        skeleton=spec.skeleton,
+    )
