@@ -297,6 +297,25 @@ _NESTED: dict[tuple[type, str], type] = {
 }
 
 
+def config_value(cfg: ModelConfig, key: str) -> Any:
+    """The value of the dotted field ``key``; an optional section that is None (e.g.
+    ``keypoint_head``) reads as its defaults, as :func:`override` would create it."""
+    node: Any = cfg
+    parts = key.split(".")
+    for i, part in enumerate(parts):
+        if (
+            not dataclasses.is_dataclass(node)
+            or isinstance(node, type)
+            or part not in {f.name for f in dataclasses.fields(node)}
+        ):
+            raise ValueError(f"unknown config key {key!r}")
+        child = getattr(node, part)
+        if child is None and i < len(parts) - 1 and (type(node), part) in _NESTED:
+            child = _NESTED[(type(node), part)]()
+        node = child
+    return node
+
+
 def override(cfg: ModelConfig, key: str, value: Any) -> ModelConfig:
     """Returns ``cfg`` with the dotted field ``key`` (e.g. ``"rpn.nms_thresh"``) set."""
     return _override(cfg, key.split("."), value, key)

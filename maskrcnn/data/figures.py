@@ -154,7 +154,7 @@ def _render(
     """Image [H, W, 3], figures (painter's order), their visible masks, the occluder mask."""
     pixels = _background(h, w, rng)
     figures = [
-        _figure(h, w, rng) for _ in range(int(rng.integers(0, 4)) if rng.random() > 0.05 else 0)
+        _figure(h, w, rng) for _ in range(int(rng.integers(1, 5)) if rng.random() > 0.05 else 0)
     ]
     occluders = np.zeros((h, w), dtype=bool)
     if figures and rng.random() < 0.5:  # a block in front of everything
