@@ -56,6 +56,7 @@ def main() -> None:
     parser.add_argument("--train", type=int, default=400, help="training images")
     parser.add_argument("--val", type=int, default=60, help="validation images")
     parser.add_argument("--evals", type=int, default=4, help="evaluations during training")
+    parser.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate")
     parser.add_argument("--tiny", action="store_true", help="a seconds-long check of the script")
     args = parser.parse_args()
 
@@ -87,7 +88,7 @@ def main() -> None:
         model=ModelSpec(preset="r18_fpn", overrides=overrides),
         optim=OptimConfig(
             kind=demo.optimizer,
-            base_lr=demo.lr,
+            base_lr=args.lr,
             base_batch_size=batch,
             weight_decay=demo.weight_decay,
         ),
@@ -96,7 +97,7 @@ def main() -> None:
         ),
         checkpoint=CheckpointConfig(period=10**9),
         eval=EvalConfig(period=period),
-        log=LogConfig(progress=False),
+        log=LogConfig(period=10, progress=False),
         runtime=RuntimeConfig(precision=demo.precision, seed=0, max_minutes=minutes),
     )
     start = time.perf_counter()

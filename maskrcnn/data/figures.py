@@ -9,7 +9,9 @@ occluding blocks: a labelled joint is visible (v = 2) when its own figure's pixe
 occluded (v = 1) when something covers it; joints outside the image are unlabelled (v = 0).
 Small figures are, half of the time, left without keypoint labels (``num_keypoints`` 0), as
 COCO leaves many small people. The format is COCO person keypoints': ``keypoints`` and
-``skeleton`` (1-based) in the category, ``keypoints`` and ``num_keypoints`` per annotation.
+``skeleton`` (1-based) in the category, ``keypoints`` and ``num_keypoints`` per annotation;
+the category also carries ``keypoint_sigmas`` (:data:`FIGURE_OKS_SIGMA` for every joint), the
+OKS sigmas the evaluation uses.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ FIGURE_KEYPOINTS = (
 FIGURE_SKELETON = (
     (0, 1), (1, 2), (2, 4), (1, 3), (3, 5), (1, 6), (6, 7), (7, 9), (6, 8), (8, 10),
 )  # fmt: skip
+FIGURE_OKS_SIGMA = 0.1
 _LEFT_LIMBS = {(1, 2), (2, 4), (6, 7), (7, 9)}
 _SMALL = 50.0  # figures shorter than this (pixels) may go unlabelled
 
@@ -123,6 +126,10 @@ def _write_split(
         "supercategory": "figure",
         "keypoints": list(FIGURE_KEYPOINTS),
         "skeleton": [[a + 1, b + 1] for a, b in FIGURE_SKELETON],
+        # OKS sigmas (read by maskrcnn.evaluation). OKS scales distances by sqrt(mask area):
+        # a figure's box is ~3.9x its mask (median), a COCO person's ~2x, so COCO's mean
+        # sigma 0.067 x sqrt(3.9 / 2) ~ 0.095 gives the same tolerance per extent; 0.1.
+        "keypoint_sigmas": [FIGURE_OKS_SIGMA] * len(FIGURE_KEYPOINTS),
     }
     return {
         "info": {"description": f"synthetic stick figures with keypoints ({split})"},
@@ -154,7 +161,7 @@ def _render(
     """Image [H, W, 3], figures (painter's order), their visible masks, the occluder mask."""
     pixels = _background(h, w, rng)
     figures = [
-        _figure(h, w, rng) for _ in range(int(rng.integers(1, 5)) if rng.random() > 0.05 else 0)
+        _figure(h, w, rng) for _ in range(int(rng.integers(1, 4)) if rng.random() > 0.05 else 0)
     ]
     occluders = np.zeros((h, w), dtype=bool)
     if figures and rng.random() < 0.5:  # a block in front of everything
@@ -187,7 +194,7 @@ def _render(
 
 def _figure(h: int, w: int, rng: np.random.Generator) -> _Figure:
     """A random stick figure: joints from a random pose, limbs drawn as thick lines."""
-    s = math.exp(rng.uniform(math.log(36.0), math.log(0.85 * min(h, w))))
+    s = math.exp(rng.uniform(math.log(40.0), math.log(0.9 * min(h, w))))
     hip = np.array([rng.uniform(0.1 * w, 0.9 * w), rng.uniform(0.3 * h, 0.8 * h)])
     lean = rng.normal(0, 0.2)
     up = np.array([math.sin(lean), -math.cos(lean)])

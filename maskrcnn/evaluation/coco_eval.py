@@ -198,17 +198,25 @@ def merge_shards(shards: Sequence[ShardResult]) -> ShardResult:
 def keypoint_sigmas(coco_gt: COCO, given: Sequence[float] | None = None) -> np.ndarray | None:
     """Per-keypoint OKS sigmas for ``coco_gt``'s keypoints (None: it has no keypoints).
 
-    ``given`` if set (one per keypoint); COCO's 17 person sigmas (pycocotools' default) for 17
-    keypoints; otherwise :data:`DEFAULT_KEYPOINT_SIGMA` for every keypoint.
+    ``given`` if set (one per keypoint); else the category's ``keypoint_sigmas`` list if the
+    file has one (our extension of COCO's format); COCO's 17 person sigmas (pycocotools'
+    default) for 17 keypoints; otherwise :data:`DEFAULT_KEYPOINT_SIGMA` for every keypoint.
     """
-    names = [c["keypoints"] for c in coco_gt.dataset.get("categories", []) if "keypoints" in c]
-    if not names:
+    cats = [c for c in coco_gt.dataset.get("categories", []) if "keypoints" in c]
+    if not cats:
         return None
-    k = len(names[0])
+    k = len(cats[0]["keypoints"])
+    where = "keypoint_sigmas"
+    if given is None and "keypoint_sigmas" in cats[0]:
+        given = cats[0]["keypoint_sigmas"]
+        where = f"category {cats[0].get('id')} ({cats[0].get('name')!r}): keypoint_sigmas"
     if given is not None:
-        sigmas = np.asarray(given, dtype=np.float64)
+        try:
+            sigmas = np.asarray(given, dtype=np.float64)
+        except (TypeError, ValueError):
+            sigmas = np.zeros(0)
         if sigmas.shape != (k,) or not bool((sigmas > 0).all()):
-            raise ValueError(f"keypoint_sigmas: expected {k} positive numbers, got {list(given)}")
+            raise ValueError(f"{where}: expected {k} positive numbers, got {given!r}")
         return sigmas
     if k == 17:
         return np.asarray(COCOeval(iouType="keypoints").params.kpt_oks_sigmas, dtype=np.float64)

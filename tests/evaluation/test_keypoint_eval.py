@@ -12,7 +12,7 @@ from pycocotools.cocoeval import COCOeval
 from torch import nn
 
 from maskrcnn.data.coco import CocoDataset
-from maskrcnn.data.figures import write_figures_dataset
+from maskrcnn.data.figures import FIGURE_OKS_SIGMA, write_figures_dataset
 from maskrcnn.evaluation.coco_eval import (
     DEFAULT_KEYPOINT_SIGMA,
     KEYPOINT_STAT_NAMES,
@@ -99,6 +99,12 @@ def test_moved_keypoints_score_less_and_sigmas_matter(figures):
 
 def test_sigmas_default_and_checks(figures):
     coco = load_coco(figures.val_ann)
+    np.testing.assert_allclose(keypoint_sigmas(coco), np.full(11, FIGURE_OKS_SIGMA))
+    np.testing.assert_allclose(keypoint_sigmas(coco, [0.2] * 11), np.full(11, 0.2))
+    coco.dataset["categories"][0]["keypoint_sigmas"] = [0.1, -1]
+    with pytest.raises(ValueError, match=r"category 1 \('figure'\): keypoint_sigmas: expected 11"):
+        keypoint_sigmas(coco)
+    del coco.dataset["categories"][0]["keypoint_sigmas"]
     np.testing.assert_allclose(keypoint_sigmas(coco), np.full(11, DEFAULT_KEYPOINT_SIGMA))
     with pytest.raises(ValueError, match="expected 11 positive numbers"):
         keypoint_sigmas(coco, [0.1] * 3)

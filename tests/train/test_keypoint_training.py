@@ -33,7 +33,9 @@ def test_keypoint_model_trains_evaluates_and_predicts(tmp_path: Path) -> None:
     with one_thread():
         result = train(cfg)
     assert result.stop_reason == "max_iter" and result.skipped_steps == 0
-    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    rows = [
+        json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    ]
     train_rows = [r for r in rows if r["type"] == "train"]
     assert all(math.isfinite(r["loss_keypoint"]) and r["loss_keypoint"] > 0 for r in train_rows)
     assert not any("loss_mask" in r for r in train_rows)
