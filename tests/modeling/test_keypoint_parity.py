@@ -9,6 +9,8 @@ heatmap decoding are compared with torchvision's functions on identical inputs.
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 from torchvision.models.detection import keypointrcnn_resnet50_fpn
@@ -168,3 +170,74 @@ def test_heatmap_decoding_equals_torchvisions():
     torch.testing.assert_close(scores, ref_scores, rtol=0, atol=1e-6)
     empty, empty_scores = heatmaps_to_keypoints(maps[:0], boxes[:0])
     assert empty.shape == (0, 3, 3) and empty_scores.shape == (0, 3)
+
+
+def test_training_forward_with_torchvision_targets(pair, test_images):
+    """torchvision's target format (boxes, labels, keypoints; no masks) trains our model."""
+    _, ours = pair
+    targets = []
+    for image in test_images:
+        h, w = image.shape[-2:]
+        boxes = torch.tensor([[20.0, 30.0, 120.0, 200.0], [100.0, 10.0, 180.0, 90.0]])
+        kps = torch.zeros(2, 17, 3)
+        kps[..., 0] = torch.linspace(25, 115, 17)
+        kps[..., 1] = torch.linspace(35, 190, 17)
+        kps[..., 2] = 2
+        kps[1, :, :2] = kps[1, :, :2] * 0.5 + 60
+        targets.append({"boxes": boxes, "labels": torch.tensor([1, 1]), "keypoints": kps})
+    ours.train()
+    try:
+        losses = ours(test_images, targets)
+    finally:
+        ours.eval()
+    assert set(losses) == {
+        "loss_objectness",
+        "loss_rpn_box_reg",
+        "loss_classifier",
+        "loss_box_reg",
+        "loss_keypoint",
+    }
+    assert all(torch.isfinite(v) for v in losses.values()) and losses["loss_keypoint"] > 0
+
+
+def test_no_detections_give_empty_keypoints(pair, test_images):
+    _, ours = pair
+    saved = ours.roi_heads.box_cfg
+    ours.roi_heads.box_cfg = dataclasses.replace(saved, score_thresh=1.0)
+    try:
+        (out,) = ours([test_images[0]])
+    finally:
+        ours.roi_heads.box_cfg = saved
+    assert out["boxes"].shape == (0, 4)
+    assert out["keypoints"].shape == (0, 17, 3) and out["keypoints_scores"].shape == (0, 17)
+
+
+def test_keypoint_variant_errors():
+    state = {"roi_heads.box_predictor.cls_score.weight": torch.zeros(2, 1024)}
+    with pytest.raises(ValueError, match="variant must be one of"):
+        from_torchvision(state, "keypoint_v2")
+    with pytest.raises(ValueError, match="num_keypoints: only for variant 'keypoint_v1'"):
+        from_torchvision(state, "v1", num_keypoints=5)
+
+
+def test_instances_carry_keypoints():
+    from maskrcnn.structures import Instances, as_instances
+
+    inst = Instances(
+        image_size=(10, 10),
+        boxes=torch.zeros(3, 4),
+        labels=torch.tensor([1, 2, 3]),
+        scores=torch.tensor([0.9, 0.8, 0.7]),
+        keypoints=torch.arange(27.0).reshape(3, 3, 3),
+        keypoints_scores=torch.arange(9.0).reshape(3, 3),
+    )
+    picked = inst[torch.tensor([False, True, True])]
+    torch.testing.assert_close(picked.keypoints, inst.keypoints[1:])
+    torch.testing.assert_close(picked.keypoints_scores, inst.keypoints_scores[1:])
+    assert set(inst.to_dict()) == {"boxes", "labels", "scores", "keypoints", "keypoints_scores"}
+    target = {"boxes": torch.zeros(1, 4), "labels": torch.ones(1, dtype=torch.int64)}
+    with pytest.raises(ValueError, match=r"missing field\(s\) \['masks'\]"):
+        as_instances(target, (10, 10))
+    with pytest.raises(ValueError, match="keypoints must be \\[G, K, 3\\]"):
+        as_instances({**target, "keypoints": torch.zeros(1, 3)}, (10, 10))
+    assert as_instances({**target, "keypoints": torch.zeros(1, 4, 3)}, (10, 10)).masks is None
