@@ -173,6 +173,41 @@ class MaskHeadConfig:
         _check_unit_interval(self, "mask_head", ("threshold",))
 
 
+@dataclass(frozen=True)
+class KeypointHeadConfig:
+    """The keypoint branch (paper section 5): one 56x56 heatmap per keypoint for each person.
+
+    ``num_convs`` 3x3 convs of ``conv_dim`` (+ ReLU) on the pooled 14x14 features, a 4x4
+    stride-2 transposed convolution to ``num_keypoints`` maps at 28x28 and a bilinear x2
+    upsampling to 56x56 (torchvision's layout). ``keypoint_names`` (index = keypoint) and
+    ``skeleton`` (pairs of keypoint indices, 0-based) are carried for drawing and flipping.
+    """
+
+    num_keypoints: int = 17
+    pooler: PoolerConfig = field(
+        default_factory=lambda: PoolerConfig(output_size=14, sampling_ratio=0, aligned=True)
+    )
+    num_convs: int = 8
+    conv_dim: int = 512
+    keypoint_names: tuple[str, ...] = ()
+    skeleton: tuple[tuple[int, int], ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.num_keypoints < 1:
+            raise ValueError(f"keypoint_head.num_keypoints: must be >= 1, got {self.num_keypoints}")
+        if self.keypoint_names and len(self.keypoint_names) != self.num_keypoints:
+            raise ValueError(
+                f"keypoint_head.keypoint_names: {len(self.keypoint_names)} names for "
+                f"{self.num_keypoints} keypoints"
+            )
+        for pair in self.skeleton:
+            if len(pair) != 2 or not all(0 <= int(i) < self.num_keypoints for i in pair):
+                raise ValueError(
+                    f"keypoint_head.skeleton: {pair!r} is not a pair of keypoint indices in "
+                    f"[0, {self.num_keypoints})"
+                )
+
+
 def _check_unit_interval(section: Any, name: str, fields: tuple[str, ...]) -> None:
     """Raises ``ValueError("<name>.<field>: must be in [0, 1] (got v)")`` for the first
     threshold or fraction of ``section`` outside [0, 1] (NaN included)."""
@@ -196,6 +231,8 @@ class ModelConfig:
     rpn: RPNConfig = field(default_factory=RPNConfig)
     box_head: BoxHeadConfig = field(default_factory=BoxHeadConfig)
     mask_head: MaskHeadConfig = field(default_factory=MaskHeadConfig)
+    mask_on: bool = True  # False: no mask branch (e.g. torchvision's Keypoint R-CNN)
+    keypoint_head: KeypointHeadConfig | None = None  # None: no keypoint branch
     category_names: tuple[str, ...] = ()  # index = label; "" where a label has no name
     # Inference precision of detect()/predict() (training: TrainConfig.runtime.precision).
     # "bf16" falls back to fp32 on CPUs without fast bf16; see maskrcnn.modeling.precision.
@@ -232,7 +269,7 @@ def _from_dict(cls: type, data: dict[str, Any], where: str) -> Any:
     kwargs: dict[str, Any] = {}
     for name, value in data.items():
         sub = _NESTED.get((cls, name))
-        if sub is not None:
+        if sub is not None and value is not None:
             kwargs[name] = _from_dict(sub, value, f"{where}.{name}")
         else:
             kwargs[name] = _tupled(value)
@@ -255,7 +292,34 @@ _NESTED: dict[tuple[type, str], type] = {
     (ModelConfig, "mask_head"): MaskHeadConfig,
     (BoxHeadConfig, "pooler"): PoolerConfig,
     (MaskHeadConfig, "pooler"): PoolerConfig,
+    (ModelConfig, "keypoint_head"): KeypointHeadConfig,
+    (KeypointHeadConfig, "pooler"): PoolerConfig,
 }
+
+
+def config_value(cfg: ModelConfig, key: str) -> Any:
+    """The value of the dotted field ``key``; an optional section that is None (e.g.
+    ``keypoint_head``) reads as its defaults, as :func:`override` would create it."""
+    node: Any = cfg
+    parts = key.split(".")
+    for i, part in enumerate(parts):
+        if (
+            not dataclasses.is_dataclass(node)
+            or isinstance(node, type)
+            or part not in {f.name for f in dataclasses.fields(node)}
+        ):
+            where = (
+                [f.name for f in dataclasses.fields(node)]
+                if dataclasses.is_dataclass(node) and not isinstance(node, type)
+                else []
+            )
+            allowed = f"; {part!r} is not one of {where}" if where else ""
+            raise ValueError(f"unknown config key {key!r}{allowed}")
+        child = getattr(node, part)
+        if child is None and i < len(parts) - 1 and (type(node), part) in _NESTED:
+            child = _NESTED[(type(node), part)]()
+        node = child
+    return node
 
 
 def override(cfg: ModelConfig, key: str, value: Any) -> ModelConfig:
@@ -271,7 +335,10 @@ def _override(node: Any, parts: list[str], value: Any, key: str) -> Any:
         or head not in {f.name for f in dataclasses.fields(node)}
     ):
         raise ValueError(f"unknown config key {key!r}")
-    new = _override(getattr(node, head), rest, value, key) if rest else value
+    child = getattr(node, head)
+    if rest and child is None and (type(node), head) in _NESTED:
+        child = _NESTED[(type(node), head)]()  # e.g. "keypoint_head.conv_dim" adds the head
+    new = _override(child, rest, value, key) if rest else value
     return dataclasses.replace(node, **{head: new})
 
 
@@ -374,6 +441,53 @@ def torchvision_v2(num_classes: int = 91) -> ModelConfig:
         rpn=dataclasses.replace(cfg.rpn, num_convs=2),  # two plain 3x3 convs, no norm
         box_head=dataclasses.replace(cfg.box_head, num_convs=4, conv_norm="bn", num_fc=1),
         mask_head=dataclasses.replace(cfg.mask_head, conv_norm="bn"),
+    )
+
+
+COCO_PERSON_KEYPOINT_NAMES = (
+    "nose",
+    "left_eye",
+    "right_eye",
+    "left_ear",
+    "right_ear",
+    "left_shoulder",
+    "right_shoulder",
+    "left_elbow",
+    "right_elbow",
+    "left_wrist",
+    "right_wrist",
+    "left_hip",
+    "right_hip",
+    "left_knee",
+    "right_knee",
+    "left_ankle",
+    "right_ankle",
+)
+# COCO's person skeleton (the annotation file's 1-based pairs, here 0-based).
+COCO_PERSON_SKELETON = (
+    (15, 13), (13, 11), (16, 14), (14, 12), (11, 12), (5, 11), (6, 12), (5, 6), (5, 7),
+    (6, 8), (7, 9), (8, 10), (1, 2), (0, 1), (0, 2), (1, 3), (2, 4), (3, 5), (4, 6),
+)  # fmt: skip
+
+
+def torchvision_keypoint_v1(num_classes: int = 2, num_keypoints: int = 17) -> ModelConfig:
+    """Reproduces torchvision's ``keypointrcnn_resnet50_fpn``: no mask head, a keypoint head.
+
+    The box side is ``torchvision_v1``'s; training short sides 640..800 (test: 800); keypoint
+    RoIs pooled like the box RoIs (14x14, sampling ratio 2, aligned=False).
+    """
+    cfg = torchvision_v1(num_classes)
+    coco = num_keypoints == 17
+    return cfg.replace(
+        input=dataclasses.replace(cfg.input, min_size=(640, 672, 704, 736, 768, 800)),
+        mask_on=False,
+        keypoint_head=KeypointHeadConfig(
+            num_keypoints=num_keypoints,
+            pooler=dataclasses.replace(cfg.box_head.pooler, output_size=14),
+            keypoint_names=COCO_PERSON_KEYPOINT_NAMES if coco else (),
+            skeleton=COCO_PERSON_SKELETON if coco else (),
+        ),
+        category_names=("__background__", "person") if num_classes == 2 else (),
     )
 
 

@@ -12,18 +12,24 @@ from typing import Any
 
 
 def cmd_shapes(args: argparse.Namespace) -> int:
-    """``maskrcnn data shapes OUT --train N --val M --seed S``."""
+    """``maskrcnn data shapes OUT --train N --val M --seed S [--keypoints]``."""
+    from maskrcnn.data.figures import write_figures_dataset
     from maskrcnn.data.shapes import write_shapes_dataset
 
-    files = write_shapes_dataset(
-        Path(args.out),
-        train=args.train,
-        val=args.val,
-        seed=args.seed,
-        image_size=(args.height, args.width),
-        classes=tuple(args.classes.split(",")) if args.classes else None,
-        colours=args.colours,
-    )
+    common = dict(train=args.train, val=args.val, seed=args.seed)
+    size = (args.height, args.width)
+    if args.keypoints:
+        if args.classes:
+            raise ValueError("--classes chooses shape classes; the --keypoints set has figures")
+        files = write_figures_dataset(Path(args.out), image_size=size, **common)
+    else:
+        files = write_shapes_dataset(
+            Path(args.out),
+            image_size=size,
+            classes=tuple(args.classes.split(",")) if args.classes else None,
+            colours=args.colours,
+            **common,
+        )
     print(f"wrote {args.train} training and {args.val} validation images to {files.image_dir}")
     print(f"  {files.train_ann}")
     print(f"  {files.val_ann}")
@@ -78,6 +84,11 @@ def add_data_commands(subparsers: Any) -> argparse.ArgumentParser:
     )
     shapes.add_argument(
         "--colours", choices=("vivid", "pastel"), default="vivid", help="object colours"
+    )
+    shapes.add_argument(
+        "--keypoints",
+        action="store_true",
+        help="stick figures with 11 named keypoints instead (a COCO keypoint dataset)",
     )
     shapes.set_defaults(func=cmd_shapes)
 

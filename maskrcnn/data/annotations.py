@@ -36,6 +36,7 @@ class Kind(str, Enum):
     UNKNOWN_IMAGE = "unknown_image"
     UNKNOWN_CATEGORY = "unknown_category"
     BAD_SEGMENTATION = "bad_segmentation"
+    BAD_KEYPOINTS = "bad_keypoints"
     MISSING_IMAGE = "missing_image"
     UNREADABLE_IMAGE = "unreadable_image"
     SIZE_MISMATCH = "size_mismatch"

@@ -26,6 +26,7 @@ from maskrcnn.data.annotations import (
 )
 from maskrcnn.data.categories import CategoryMap, placeholder_backgrounds
 from maskrcnn.data.io import DECODE_ERRORS, exif_orientation
+from maskrcnn.data.keypoints import KeypointSpec, keypoints_problem
 
 _SEVERITY_ORDER = {"error": 0, "warning": 1, "info": 2}
 
@@ -105,6 +106,11 @@ def check_dataset(
             CategoryMap.from_coco(kept, source="categories")
         except ValueError as err:
             report.issues.append(Problem(Kind.MISSING_FIELD, "categories", str(err)))
+    keypoints = None
+    try:
+        keypoints = KeypointSpec.from_coco(data["categories"], source="categories")
+    except DatasetError as err:
+        report.issues.append(Problem(Kind.BAD_KEYPOINTS, "categories", str(err)))
     scanned = scan(data, set(category_ids))
     report.issues.extend(scanned.problems)
     images = {img["id"]: img for img in scanned.images}
@@ -113,6 +119,10 @@ def check_dataset(
     for ann in scanned.annotations:
         img = images[ann["image_id"]]
         problem = classify(ann, img["height"], img["width"])
+        if problem is None and keypoints is not None:
+            bad_keypoints = keypoints_problem(ann, keypoints.num_keypoints)
+            if bad_keypoints is not None:
+                problem = Problem(Kind.BAD_KEYPOINTS, f"annotation {ann['id']}", bad_keypoints)
         if problem is None and decode and not _mask_has_pixels(ann, img):
             problem = Problem(Kind.EMPTY_MASK, f"annotation {ann['id']}", "mask has no pixel")
         if problem is None:

@@ -36,6 +36,7 @@ from maskrcnn.data.annotations import (
 )
 from maskrcnn.data.categories import CategoryMap, placeholder_backgrounds
 from maskrcnn.data.io import ImageReadError, image_size, load_image
+from maskrcnn.data.keypoints import KeypointSpec, count_visible, keypoints_array, keypoints_problem
 from maskrcnn.structures import Instances
 
 __all__ = ["BadImageError", "CategoryMap", "CocoDataset", "DatasetError", "DatasetStats", "Sample"]
@@ -56,7 +57,8 @@ class Sample:
     Attributes:
         image: [3, H, W] float RGB in [0, 1].
         gt: ground truth: ``boxes`` [G, 4] float32 xyxy, ``labels`` [G] int64 (1..K),
-            ``masks`` [G, H, W] bool, ``category_names``; G may be 0.
+            ``masks`` [G, H, W] bool, ``category_names``, and for a keypoint dataset
+            ``keypoints`` [G, K, 3] float32 (x, y, v); G may be 0.
         image_id: the COCO image id.
         file_name: the image's ``file_name`` in the annotation file.
     """
@@ -89,6 +91,7 @@ class DatasetStats:
     empty_masks: int = 0
     dropped_by_transforms: int = 0
     bad_images_skipped: int = 0
+    few_keypoints_images: int = 0  # left out by min_keypoints_per_image
 
     def as_dict(self) -> dict[str, int]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
@@ -116,6 +119,14 @@ class CocoDataset(Dataset[Sample]):
             by default built from the file's ``categories``.
         check_sizes: also read each image's header at construction to compare its size with
             the file's ``width``/``height`` (slower; otherwise a mismatch surfaces on loading).
+        min_keypoints_per_image: for a keypoint dataset, leave out images whose targets have
+            fewer labelled keypoints (v > 0) in all (torchvision's references use 10 for
+            training; 0 keeps every image).
+
+    A dataset whose categories carry ``keypoints`` names (COCO person keypoints) is a keypoint
+    dataset: ``self.keypoints`` is its :class:`~maskrcnn.data.keypoints.KeypointSpec` and every
+    target has keypoints (all v = 0 for an annotation without any: a box and mask target that
+    adds nothing to the keypoint loss). Crowd annotations are no targets, as for masks.
 
     Raises:
         DatasetError: at construction, naming the annotation file and the first offenders of
@@ -132,6 +143,7 @@ class CocoDataset(Dataset[Sample]):
         skip_bad_images: bool = False,
         categories: CategoryMap | None = None,
         check_sizes: bool = False,
+        min_keypoints_per_image: int = 0,
     ) -> None:
         self.ann_file = Path(ann_file)
         self.image_dir = Path(image_dir)
@@ -139,6 +151,7 @@ class CocoDataset(Dataset[Sample]):
         self.skip_bad_images = skip_bad_images
         data = read_coco_json(self.ann_file)
         self.categories = _category_map(data, categories, self.ann_file)
+        self.keypoints = KeypointSpec.from_coco(data["categories"], source=str(self.ann_file))
         scanned = scan(data, self.categories)
         self._problems: list[Problem] = list(scanned.problems)
         self._images = {img["id"]: img for img in scanned.images}
@@ -149,6 +162,10 @@ class CocoDataset(Dataset[Sample]):
         for ann in scanned.annotations:
             img = self._images[ann["image_id"]]
             problem = classify(ann, img["height"], img["width"])
+            if problem is None and self.keypoints is not None:
+                detail = keypoints_problem(ann, self.keypoints.num_keypoints)
+                if detail is not None:
+                    problem = Problem(Kind.BAD_KEYPOINTS, f"annotation {ann['id']}", detail)
             if problem is None:
                 self._targets[ann["image_id"]].append(ann)
             elif problem.kind in _DROP_COUNTERS:
@@ -164,6 +181,17 @@ class CocoDataset(Dataset[Sample]):
                     )
             else:
                 self._problems.append(problem)
+        if self.keypoints is not None and min_keypoints_per_image > 0:
+            few = [
+                i
+                for i, anns in self._targets.items()
+                if sum(count_visible(a) for a in anns) < min_keypoints_per_image
+            ]
+            self.stats.few_keypoints_images = len(few)
+            dropped = set(few)
+            self.image_ids = [i for i in self.image_ids if i not in dropped]
+            for i in few:
+                del self._targets[i]
         self.stats.targets = sum(len(anns) for anns in self._targets.values())
         self.stats.negative_images = sum(not anns for anns in self._targets.values())
         self._bad: set[int] = set()
@@ -299,7 +327,8 @@ class CocoDataset(Dataset[Sample]):
         image_id = self.image_ids[self._check_index(index)]
         img = self._images[image_id]
         h, w = img["height"], img["width"]
-        boxes, labels, masks = [], [], []
+        boxes, labels, masks, keypoints = [], [], [], []
+        num_keypoints = 0 if self.keypoints is None else self.keypoints.num_keypoints
         for ann in self._targets[image_id]:
             try:
                 mask = decode_mask(ann["segmentation"], h, w)
@@ -314,12 +343,20 @@ class CocoDataset(Dataset[Sample]):
             boxes.append(bbox_xyxy(ann["bbox"], h, w))
             labels.append(self.categories.label(ann["category_id"]))
             masks.append(mask)
+            if self.keypoints is not None:
+                keypoints.append(keypoints_array(ann, num_keypoints))
+        kps = None
+        if self.keypoints is not None:
+            kps = torch.from_numpy(
+                np.stack(keypoints) if keypoints else np.zeros((0, num_keypoints, 3), np.float32)
+            )
         return Instances(
             image_size=(h, w),
             boxes=torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4),
             labels=torch.tensor(labels, dtype=torch.int64),
             masks=torch.from_numpy(np.stack(masks)) if masks else torch.zeros(0, h, w).bool(),
             category_names=[self.categories.name(k) for k in labels],
+            keypoints=kps,
         )
 
     def aspect_ratios(self) -> list[float]:

@@ -1,9 +1,11 @@
-"""Training augmentation: boxes and masks move with the image (torchvision.transforms.v2).
+"""Training augmentation: boxes, masks and keypoints move with the image (transforms.v2).
 
 A :class:`Sample` is wrapped into ``tv_tensors`` (``Image``, ``BoundingBoxes`` in XYXY,
-``Mask``) so one v2 pipeline transforms all three consistently, then unwrapped into a
-:class:`Sample` again. Instances whose box or mask vanished (e.g. a 2-pixel object after a
-strong downscale) are dropped.
+``Mask``, and :class:`Keypoints` for a keypoint dataset) so one v2 pipeline transforms them
+consistently, then unwrapped into a :class:`Sample` again. A horizontal flip mirrors keypoints
+(x -> W - x, as boxes) and swaps each left keypoint with its right partner (the flip map,
+``maskrcnn.data.keypoints.flip_map_from_names``). Instances whose box or mask vanished (e.g.
+a 2-pixel object after a strong downscale) are dropped.
 
 The model does not resize in training (``MaskRCNN.losses``): :func:`train_transforms` picks
 the training scale. At inference the model resizes by itself, so :func:`eval_transforms` is
@@ -26,6 +28,66 @@ from torchvision.transforms.v2 import functional as TF
 from maskrcnn.config import InputConfig
 from maskrcnn.data.coco import Sample
 from maskrcnn.structures import Instances
+
+
+class Keypoints(tv_tensors.TVTensor):
+    """[G, K, 3] (x, y, v) keypoints in pixels, as a v2 input (moved by our transforms)."""
+
+    @classmethod
+    def _wrap(cls, tensor: Tensor) -> Keypoints:
+        return tensor.as_subclass(cls)
+
+    def __new__(cls, data: Any) -> Keypoints:
+        tensor = torch.as_tensor(data)
+        if tensor.dim() != 3 or tensor.shape[-1] != 3:
+            raise ValueError(f"Keypoints: expected [G, K, 3], got {tuple(tensor.shape)}")
+        return cls._wrap(tensor)
+
+
+class RandomHorizontalFlip(v2.Transform):
+    """Flips everything horizontally with probability ``p``; keypoints are mirrored and their
+    left/right partners swapped by ``flip_map`` (index of each keypoint's mirror image).
+
+    Args:
+        p: the probability of a flip.
+        flip_map: needed only when keypoints come through (a ``ValueError`` otherwise).
+    """
+
+    def __init__(self, p: float = 0.5, *, flip_map: Sequence[int] | None = None) -> None:
+        super().__init__()
+        if not 0.0 <= p <= 1.0:
+            raise ValueError(f"flip_prob must be in [0, 1], got {p}")
+        self.p = p
+        self.flip_map = None if flip_map is None else tuple(int(i) for i in flip_map)
+
+    def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
+        images = [x for x in flat_inputs if isinstance(x, tv_tensors.Image)]
+        if not images:
+            raise TypeError("RandomHorizontalFlip needs a tv_tensors.Image among its inputs")
+        return {"flip": bool(torch.rand(()) < self.p), "width": TF.get_size(images[0])[1]}
+
+    def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
+        if not params["flip"]:
+            return inpt
+        if isinstance(inpt, Keypoints):
+            return flip_keypoints(inpt, params["width"], self.flip_map)
+        return TF.horizontal_flip(inpt)
+
+
+def flip_keypoints(keypoints: Tensor, width: int, flip_map: Sequence[int] | None) -> Keypoints:
+    """[G, K, 3] keypoints of an image ``width`` wide, flipped: x -> width - x (unlabelled
+    ones stay at 0), keypoint k takes the place of ``flip_map[k]``."""
+    if flip_map is None:
+        raise ValueError(
+            "flipping keypoints needs a flip map (the left/right pairs): pass "
+            "keypoint_flip_map=dataset.keypoints.flip_map to train_transforms"
+        )
+    if len(flip_map) != keypoints.shape[1]:
+        raise ValueError(f"flip map has {len(flip_map)} entries for {keypoints.shape[1]} keypoints")
+    out = keypoints.as_subclass(Tensor).clone()
+    labelled = out[..., 2] > 0
+    out[..., 0] = torch.where(labelled, width - out[..., 0], out[..., 0])
+    return Keypoints(out[:, list(flip_map)])
 
 
 class ResizeShortestEdge(v2.Transform):
@@ -57,9 +119,15 @@ class ResizeShortestEdge(v2.Transform):
         h, w = TF.get_size(images[0])
         short = self.min_sizes[int(torch.randint(len(self.min_sizes), ()))]
         scale = min(short / min(h, w), self.max_size / max(h, w))
-        return {"size": [max(1, int(h * scale)), max(1, int(w * scale))]}
+        return {"size": [max(1, int(h * scale)), max(1, int(w * scale))], "old_size": (h, w)}
 
     def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
+        if isinstance(inpt, Keypoints):
+            (old_h, old_w), (new_h, new_w) = params["old_size"], params["size"]
+            out = inpt.as_subclass(Tensor).clone()
+            out[..., 0] *= new_w / old_w
+            out[..., 1] *= new_h / old_h
+            return Keypoints(out)
         if isinstance(inpt, tv_tensors.Mask):
             if inpt.shape[0] == 0:  # no instances: interpolate cannot take an empty batch
                 return tv_tensors.wrap(inpt.new_zeros((0, *params["size"])), like=inpt)
@@ -95,7 +163,14 @@ class SampleTransform:
         image = tv_tensors.Image(sample.image)
         boxes = tv_tensors.BoundingBoxes(gt.boxes, format="XYXY", canvas_size=(h, w))
         masks = tv_tensors.Mask(gt.masks.to(torch.uint8))
-        image, boxes, masks = self.transform(image, boxes, masks)
+        keypoints = None
+        if gt.keypoints is None:
+            image, boxes, masks = self.transform(image, boxes, masks)
+        else:
+            image, boxes, masks, keypoints = self.transform(
+                image, boxes, masks, Keypoints(gt.keypoints)
+            )
+            keypoints = keypoints.as_subclass(Tensor)
         image = image.as_subclass(Tensor)
         new_size = (int(image.shape[-2]), int(image.shape[-1]))
         moved = Instances(
@@ -104,6 +179,7 @@ class SampleTransform:
             labels=gt.labels,
             masks=masks.as_subclass(Tensor).bool(),
             category_names=list(gt.category_names),
+            keypoints=keypoints,
         )
         return replace(sample, image=image, gt=moved[valid_instances(moved)])
 
@@ -121,12 +197,18 @@ def valid_instances(instances: Instances) -> Tensor:
 
 
 def train_transforms(
-    min_sizes: tuple[int, ...], max_size: int, flip_prob: float = 0.5, *, antialias: bool = False
+    min_sizes: tuple[int, ...],
+    max_size: int,
+    flip_prob: float = 0.5,
+    *,
+    antialias: bool = False,
+    keypoint_flip_map: Sequence[int] | None = None,
 ) -> SampleTransform:
     """Random shortest-side resize to one of ``min_sizes`` (long side <= ``max_size``) + h-flip.
 
     Randomness comes from ``torch``'s global generator (seeded per sample by
-    ``maskrcnn.data.loader.build_train_loader``).
+    ``maskrcnn.data.loader.build_train_loader``). ``keypoint_flip_map`` (a keypoint
+    dataset's ``keypoints.flip_map``) swaps left and right keypoints when an image is flipped.
     """
     if not 0.0 <= flip_prob <= 1.0:
         raise ValueError(f"flip_prob must be in [0, 1], got {flip_prob}")
@@ -134,7 +216,7 @@ def train_transforms(
         v2.Compose(
             [
                 ResizeShortestEdge(min_sizes, max_size, antialias=antialias),
-                v2.RandomHorizontalFlip(p=flip_prob),
+                RandomHorizontalFlip(flip_prob, flip_map=keypoint_flip_map),
             ]
         )
     )

@@ -1,6 +1,7 @@
 """COCO evaluation: inference image by image, masks encoded as they come, then COCOeval.
 
-    evaluate_coco(model, (ann_file, image_dir)) -> EvalResult (bbox and segm, 12 numbers each)
+    evaluate_coco(model, (ann_file, image_dir)) -> EvalResult (bbox and segm, 12 numbers each;
+    keypoints, OKS AP with 10 numbers, for a keypoint model on a keypoint dataset)
 
 Each image's detections stay in the RoI frame (``detect(paste_masks=False)``); every kept
 detection is pasted into one image-sized plane, thresholded and run-length encoded on the spot
@@ -45,20 +46,27 @@ STAT_NAMES = (
     "ARm",
     "ARl",
 )
+# COCOeval's summary for iouType "keypoints" (OKS): no small-object range.
+KEYPOINT_STAT_NAMES = ("AP", "AP50", "AP75", "APm", "APl", "AR", "AR50", "AR75", "ARm", "ARl")
+# pycocotools' per-keypoint OKS sigmas are COCO person's 17; other keypoint sets get this one
+# value for every keypoint (the mean of COCO's 17) unless the caller gives its own.
+DEFAULT_KEYPOINT_SIGMA = 0.067
 
 
 @dataclass(frozen=True)
 class CocoStats:
-    """COCOeval's 12 summary numbers (in [0, 1]; -1 where COCO has nothing to score)."""
+    """COCOeval's summary numbers (in [0, 1]; -1 where COCO has nothing to score): 12 named
+    by :data:`STAT_NAMES` for boxes and masks, 10 by :data:`KEYPOINT_STAT_NAMES` for OKS."""
 
     values: tuple[float, ...]
+    names: tuple[str, ...] = STAT_NAMES
 
     def __post_init__(self) -> None:
-        if len(self.values) != len(STAT_NAMES):
-            raise ValueError(f"CocoStats: expected {len(STAT_NAMES)} values, got {self.values}")
+        if len(self.values) != len(self.names):
+            raise ValueError(f"CocoStats: expected {len(self.names)} values, got {self.values}")
 
     def __getitem__(self, name: str) -> float:
-        return self.values[STAT_NAMES.index(name)]
+        return self.values[self.names.index(name)]
 
     @property
     def ap(self) -> float:
@@ -66,35 +74,41 @@ class CocoStats:
         return self.values[0]
 
     def as_dict(self) -> dict[str, float]:
-        return dict(zip(STAT_NAMES, self.values))
+        return dict(zip(self.names, self.values))
 
     @staticmethod
-    def zeros() -> CocoStats:
-        return CocoStats((0.0,) * len(STAT_NAMES))
+    def zeros(names: tuple[str, ...] = STAT_NAMES) -> CocoStats:
+        return CocoStats((0.0,) * len(names), names)
 
 
 @dataclass(frozen=True)
 class EvalResult:
-    """Box and mask metrics of one evaluation run."""
+    """Box and mask metrics of one evaluation run (and keypoint OKS metrics, or None)."""
 
     bbox: CocoStats
     segm: CocoStats
     num_images: int
     num_detections: int
+    keypoints: CocoStats | None = None
 
     def flat(self) -> dict[str, float]:
-        """``{"bbox_AP": ..., "segm_AP50": ...}``: the keys a training log uses."""
+        """``{"bbox_AP": ..., "segm_AP50": ..., "keypoints_AP": ...}``: a training log's keys."""
         out = {f"bbox_{k}": v for k, v in self.bbox.as_dict().items()}
         out.update({f"segm_{k}": v for k, v in self.segm.as_dict().items()})
+        if self.keypoints is not None:
+            out.update({f"keypoints_{k}": v for k, v in self.keypoints.as_dict().items()})
         return out
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "bbox": self.bbox.as_dict(),
             "segm": self.segm.as_dict(),
             "num_images": self.num_images,
             "num_detections": self.num_detections,
         }
+        if self.keypoints is not None:
+            out["keypoints"] = self.keypoints.as_dict()
+        return out
 
     def table(self) -> str:
         """A markdown table of both rows, in percent ("-" where COCO reports -1)."""
@@ -105,6 +119,14 @@ class EvalResult:
         for task, stats in (("bbox", self.bbox), ("segm", self.segm)):
             cells = ["-" if v < 0 else f"{100 * v:.1f}" for v in stats.values]
             lines.append(f"| {task} | " + " | ".join(cells) + " |")
+        if self.keypoints is not None:
+            cells = ["-" if v < 0 else f"{100 * v:.1f}" for v in self.keypoints.values]
+            lines += [
+                "",
+                "| task | " + " | ".join(KEYPOINT_STAT_NAMES) + " |",
+                "|---|" + "---:|" * len(KEYPOINT_STAT_NAMES),
+                "| keypoints | " + " | ".join(cells) + " |",
+            ]
         return "\n".join(lines) + "\n"
 
 
@@ -173,12 +195,74 @@ def merge_shards(shards: Sequence[ShardResult]) -> ShardResult:
     return ShardResult(image_ids=sorted(seen), detections=detections)
 
 
-def run_cocoeval(coco_gt: COCO, merged: ShardResult) -> EvalResult:
-    """COCOeval for "bbox" and "segm" over the images in ``merged``; no detections -> zeros."""
+def keypoint_sigmas(coco_gt: COCO, given: Sequence[float] | None = None) -> np.ndarray | None:
+    """Per-keypoint OKS sigmas for ``coco_gt``'s keypoints (None: it has no keypoints).
+
+    ``given`` if set (one per keypoint); else the category's ``keypoint_sigmas`` list if the
+    file has one (our extension of COCO's format); COCO's 17 person sigmas (pycocotools'
+    default) for 17 keypoints; otherwise :data:`DEFAULT_KEYPOINT_SIGMA` for every keypoint.
+    """
+    cats = [c for c in coco_gt.dataset.get("categories", []) if "keypoints" in c]
+    if not cats:
+        return None
+    k = len(cats[0]["keypoints"])
+    where = "keypoint_sigmas"
+    if given is None and "keypoint_sigmas" in cats[0]:
+        given = cats[0]["keypoint_sigmas"]
+        where = f"category {cats[0].get('id')} ({cats[0].get('name')!r}): keypoint_sigmas"
+    if given is not None:
+        try:
+            sigmas = np.asarray(given, dtype=np.float64)
+        except (TypeError, ValueError):
+            sigmas = np.zeros(0)
+        if sigmas.shape != (k,) or not bool((sigmas > 0).all()):
+            raise ValueError(f"{where}: expected {k} positive numbers, got {given!r}")
+        return sigmas
+    if k == 17:
+        return np.asarray(COCOeval(iouType="keypoints").params.kpt_oks_sigmas, dtype=np.float64)
+    return np.full(k, DEFAULT_KEYPOINT_SIGMA)
+
+
+def _keypoint_stats(coco_gt: COCO, merged: ShardResult, sigmas: np.ndarray) -> CocoStats:
+    """COCOeval "keypoints" (OKS AP) of the detections that carry keypoints."""
+    # COCOeval ignores ground truth by ``num_keypoints``; fill it where a file leaves it out.
+    for ann in coco_gt.dataset.get("annotations", []):
+        if "keypoints" in ann and "num_keypoints" not in ann:
+            ann["num_keypoints"] = sum(1 for v in ann["keypoints"][2::3] if v > 0)
+    # As torchvision's references: records without a box, so that loadRes takes each
+    # detection's extent and area from its keypoints.
+    records = [
+        {k: v for k, v in r.items() if k not in ("bbox", "segmentation")}
+        for r in merged.detections
+        if "keypoints" in r
+    ]
+    if not records:
+        return CocoStats.zeros(KEYPOINT_STAT_NAMES)
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco_dt = coco_gt.loadRes(records)
+        evaluator = COCOeval(coco_gt, coco_dt, "keypoints")
+        evaluator.params.imgIds = list(merged.image_ids)
+        evaluator.params.kpt_oks_sigmas = sigmas
+        evaluator.evaluate()
+        evaluator.accumulate()
+        evaluator.summarize()
+    values = tuple(float(v) for v in np.asarray(evaluator.stats))
+    return CocoStats(values, KEYPOINT_STAT_NAMES)
+
+
+def run_cocoeval(
+    coco_gt: COCO, merged: ShardResult, *, sigmas: Sequence[float] | None = None
+) -> EvalResult:
+    """COCOeval for "bbox" and "segm" over the images in ``merged``, and "keypoints" (OKS)
+    when the dataset has keypoints; no detections -> zeros.
+
+    ``sigmas``: per-keypoint OKS sigmas (default: see :func:`keypoint_sigmas`)."""
     n_det = len(merged.detections)
+    kp_sigmas = keypoint_sigmas(coco_gt, sigmas)
+    kp = None if kp_sigmas is None else CocoStats.zeros(KEYPOINT_STAT_NAMES)
     if n_det == 0:
         zeros = CocoStats.zeros()
-        return EvalResult(zeros, zeros, len(merged.image_ids), 0)
+        return EvalResult(zeros, zeros, len(merged.image_ids), 0, kp)
     stats = {}
     for iou_type in ("bbox", "segm"):
         if iou_type == "segm" and "segmentation" not in merged.detections[0]:
@@ -186,8 +270,8 @@ def run_cocoeval(coco_gt: COCO, merged: ShardResult) -> EvalResult:
             continue
         # Copies, as loadRes adds keys in place. For "segm" without "bbox", loadRes takes each
         # detection's area from its mask, not its box.
-        drop = "bbox" if iou_type == "segm" else "segmentation"
-        records = [{k: v for k, v in r.items() if k != drop} for r in merged.detections]
+        drop = ("bbox" if iou_type == "segm" else "segmentation", "keypoints")
+        records = [{k: v for k, v in r.items() if k not in drop} for r in merged.detections]
         with contextlib.redirect_stdout(io.StringIO()):
             coco_dt = coco_gt.loadRes(records)
             evaluator = COCOeval(coco_gt, coco_dt, iou_type)
@@ -196,7 +280,9 @@ def run_cocoeval(coco_gt: COCO, merged: ShardResult) -> EvalResult:
             evaluator.accumulate()
             evaluator.summarize()
         stats[iou_type] = CocoStats(tuple(float(v) for v in np.asarray(evaluator.stats)))
-    return EvalResult(stats["bbox"], stats["segm"], len(merged.image_ids), n_det)
+    if kp_sigmas is not None:
+        kp = _keypoint_stats(coco_gt, merged, kp_sigmas)
+    return EvalResult(stats["bbox"], stats["segm"], len(merged.image_ids), n_det, kp)
 
 
 def save_outputs(out_dir: str | Path, merged: ShardResult, result: EvalResult) -> None:
@@ -222,6 +308,7 @@ def evaluate_coco(
     out_dir: str | Path | None = None,
     max_images: int | None = None,
     progress: bool = True,
+    keypoint_sigmas: Sequence[float] | None = None,
 ) -> EvalResult:
     """COCO box and mask AP of ``model`` on a dataset.
 
@@ -236,6 +323,8 @@ def evaluate_coco(
         out_dir: if given, rank 0 writes results.json, metrics.json and ap_table.md there.
         max_images: evaluate only the first N images.
         progress: progress bar and the final table on stdout (rank 0).
+        keypoint_sigmas: per-keypoint OKS sigmas for a keypoint dataset (default: COCO's for
+            17 keypoints, else :data:`DEFAULT_KEYPOINT_SIGMA` each).
 
     Returns:
         The same :class:`EvalResult` on every rank.
@@ -264,7 +353,7 @@ def evaluate_coco(
     result: EvalResult | None = None
     if rank == 0:
         merged = merge_shards(gathered)
-        result = run_cocoeval(source.coco, merged)
+        result = run_cocoeval(source.coco, merged, sigmas=keypoint_sigmas)
         if out_dir is not None:
             save_outputs(out_dir, merged, result)
         if progress:

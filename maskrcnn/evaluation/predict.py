@@ -126,7 +126,14 @@ def _unique_stem(path: Path, used: set[str]) -> str:
 
 
 def _record_and_overlay(
-    image: Tensor, path: Path, result: Instances, *, score_thresh: float, paste: str, thresh: float
+    image: Tensor,
+    path: Path,
+    result: Instances,
+    *,
+    score_thresh: float,
+    paste: str,
+    thresh: float,
+    skeleton: Sequence[tuple[int, int]] = (),
 ) -> tuple[dict[str, Any], Any]:
     """One image's JSON record and overlay; masks pasted, encoded and blended into the
     overlay one detection at a time (memory bounded by the image, not image x detections)."""
@@ -153,6 +160,7 @@ def _record_and_overlay(
         scores=None if kept.scores is None else kept.scores.cpu(),
         masks=None,
         category_names=kept.category_names,
+        keypoints=None if kept.keypoints is None else kept.keypoints.cpu(),
     )
     record = {
         "file": str(path),
@@ -164,7 +172,16 @@ def _record_and_overlay(
         "categories": list(kept.category_names),
         "masks": rles,
     }
-    return record, draw_instances(blended, drawn, score_thresh=score_thresh)
+    if kept.keypoints is not None:
+        record["keypoints"] = [
+            [[round(v, 2) for v in point] for point in instance]
+            for instance in kept.keypoints.tolist()
+        ]
+    if kept.keypoints_scores is not None:
+        record["keypoints_scores"] = [
+            [round(v, 3) for v in instance] for instance in kept.keypoints_scores.tolist()
+        ]
+    return record, draw_instances(blended, drawn, score_thresh=score_thresh, skeleton=skeleton)
 
 
 @torch.inference_mode()
@@ -187,7 +204,9 @@ def predict_folder(
         inputs: image files and/or folders of images.
         out_dir: receives ``<stem>.png`` overlays and ``predictions.json`` (one record per
             image: file, height, width, boxes xyxy, scores, labels, categories, masks as COCO
-            RLE with counts as str), detections below ``score_thresh`` left out.
+            RLE with counts as str, and for a keypoint model ``keypoints`` [N][K][x, y, v] and
+            ``keypoints_scores``), detections below ``score_thresh`` left out; overlays
+            draw the keypoints joined by ``cfg.keypoint_head.skeleton``.
         score_thresh: minimum score kept.
         batch_size: images per forward pass.
         num_workers: decoding processes (0: decode in the main process).
@@ -214,6 +233,8 @@ def predict_folder(
     # An exported graph (maskrcnn.export.OnnxMaskRCNN) runs on the CPU and has no parameters.
     device = next(model.parameters()).device if isinstance(model, torch.nn.Module) else "cpu"
     mask_cfg = model.cfg.mask_head
+    keypoint_cfg = getattr(model.cfg, "keypoint_head", None)
+    skeleton = () if keypoint_cfg is None else keypoint_cfg.skeleton
     loader = DataLoader(
         _ImageFiles(paths),
         batch_size=batch_size,
@@ -250,6 +271,7 @@ def predict_folder(
                         score_thresh=score_thresh,
                         paste=mask_cfg.paste,
                         thresh=mask_cfg.threshold,
+                        skeleton=skeleton,
                     )
                     target = out / f"{_unique_stem(item.path, used)}.png"
                     overlay.save(target)

@@ -191,15 +191,17 @@ def detections_to_coco(
     """One image's detections as COCO result records.
 
     Args:
-        instances: boxes [N, 4] xyxy in image pixels, ``scores`` [N], ``labels`` [N], and
-            ``masks`` [N, 1, M, M] RoI-frame probabilities (or None: boxes only).
+        instances: boxes [N, 4] xyxy in image pixels, ``scores`` [N], ``labels`` [N],
+            ``masks`` [N, 1, M, M] RoI-frame probabilities (or None: boxes only), and
+            optionally ``keypoints`` [N, K, 3] (x, y, v) in image pixels.
         image_id: the COCO image id.
         label_map: model label -> COCO category id; other labels are dropped.
         paste, threshold: how masks are pasted and binarised.
 
     Returns:
-        Records with ``image_id``, ``category_id``, ``bbox`` [x, y, w, h], ``score`` and (with
-        masks) ``segmentation`` (compressed RLE, counts as str).
+        Records with ``image_id``, ``category_id``, ``bbox`` [x, y, w, h], ``score``, (with
+        masks) ``segmentation`` (compressed RLE, counts as str) and (with keypoints)
+        ``keypoints``, COCO's flat ``[x1, y1, v1, ...]`` (the box's score scores them).
     """
     if instances.scores is None:
         raise ValueError(f"image {image_id}: detections have no scores")
@@ -221,6 +223,9 @@ def detections_to_coco(
                 picked, boxes[keep], instances.image_size, paste=paste, threshold=threshold
             )
         )
+    keypoints = None
+    if instances.keypoints is not None:
+        keypoints = instances.keypoints.detach().float().cpu().flatten(1).tolist()
     records = []
     for i, rle in zip(keep, rles):
         x0, y0, x1, y1 = boxes[i].tolist()
@@ -232,5 +237,7 @@ def detections_to_coco(
         }
         if rle is not None:
             record["segmentation"] = rle
+        if keypoints is not None:
+            record["keypoints"] = keypoints[i]
         records.append(record)
     return records

@@ -83,10 +83,13 @@ class ExportableMaskRCNN(nn.Module):
         if input_dtype not in ("uint8", "float32"):
             raise ValueError(f"input_dtype: expected 'uint8' or 'float32', got {input_dtype!r}")
         cfg = model.cfg
-        for name, pooler in (
-            ("box_head", model.roi_heads.box_pooler),
-            ("mask_head", model.roi_heads.mask_pooler),
-        ):
+        heads = model.roi_heads
+        if heads.mask_pooler is None or heads.mask_head is None or heads.keypoint_head is not None:
+            raise ValueError(
+                "only Mask R-CNN models (a mask head, no keypoint head) can be exported"
+            )
+        mask_pooler, mask_head = heads.mask_pooler, heads.mask_head
+        for name, pooler in (("box_head", heads.box_pooler), ("mask_head", mask_pooler)):
             if pooler.cfg.op != "align":
                 raise ValueError(
                     f"{name}.pooler.op={pooler.cfg.op!r} cannot be exported: only 'align' "
@@ -99,8 +102,8 @@ class ExportableMaskRCNN(nn.Module):
         self.box_pooler: MultiLevelRoIPooler = model.roi_heads.box_pooler
         self.box_head = model.roi_heads.box_head
         self.box_predictor = model.roi_heads.box_predictor
-        self.mask_pooler: MultiLevelRoIPooler = model.roi_heads.mask_pooler
-        self.mask_head = model.roi_heads.mask_head
+        self.mask_pooler: MultiLevelRoIPooler = mask_pooler
+        self.mask_head = mask_head
         self.shared_head = model.roi_heads.shared_head
         self.rpn_features = tuple(model.rpn_features)
         self.roi_features = tuple(model.roi_features)

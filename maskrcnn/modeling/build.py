@@ -9,6 +9,7 @@ from maskrcnn.modeling.anchors import AnchorGenerator
 from maskrcnn.modeling.backbone import ResNet, resnet_stage
 from maskrcnn.modeling.box_head import BoxHead, BoxPredictor
 from maskrcnn.modeling.fpn import BackboneWithFPN
+from maskrcnn.modeling.keypoint_head import KeypointHead
 from maskrcnn.modeling.layers import freeze
 from maskrcnn.modeling.mask_head import build_mask_head
 from maskrcnn.modeling.mask_rcnn import MaskRCNN
@@ -38,6 +39,8 @@ def build_model(cfg: ModelConfig) -> MaskRCNN:
         box_in = mask_in = 2 * channels
     else:
         raise ValueError(f"head: unknown design {cfg.head!r} (choose 'fpn' or 'c4')")
+    if cfg.keypoint_head is not None and cfg.head != "fpn":
+        raise ValueError("keypoint_head: needs the 'fpn' design (head='fpn'), got 'c4'")
     rpn_strides = tuple(backbone.strides[k] for k in rpn_features)
     roi_strides = tuple(backbone.strides[k] for k in roi_features)
 
@@ -61,13 +64,29 @@ def build_model(cfg: ModelConfig) -> MaskRCNN:
         box_pooler=MultiLevelRoIPooler(cfg=cfg.box_head.pooler, strides=roi_strides),
         box_head=box_head,
         box_predictor=BoxPredictor(in_features=box_head.out_features, num_classes=cfg.num_classes),
-        mask_pooler=MultiLevelRoIPooler(cfg=cfg.mask_head.pooler, strides=roi_strides),
-        mask_head=build_mask_head(
-            cfg=cfg.mask_head, in_channels=mask_in, num_classes=cfg.num_classes
+        mask_pooler=(
+            MultiLevelRoIPooler(cfg=cfg.mask_head.pooler, strides=roi_strides)
+            if cfg.mask_on
+            else None
+        ),
+        mask_head=(
+            build_mask_head(cfg=cfg.mask_head, in_channels=mask_in, num_classes=cfg.num_classes)
+            if cfg.mask_on
+            else None
         ),
         box_cfg=cfg.box_head,
         mask_cfg=cfg.mask_head,
         shared_head=shared_head,
+        keypoint_pooler=(
+            None
+            if cfg.keypoint_head is None
+            else MultiLevelRoIPooler(cfg=cfg.keypoint_head.pooler, strides=roi_strides)
+        ),
+        keypoint_head=(
+            None
+            if cfg.keypoint_head is None
+            else KeypointHead(cfg=cfg.keypoint_head, in_channels=channels)
+        ),
     )
     return MaskRCNN(
         cfg=cfg,

@@ -1,6 +1,7 @@
 """Mask R-CNN: Faster R-CNN plus a mask branch, wired in one place.
 
-    images -> Preprocessor -> backbone (+FPN) -> RPN -> RoI heads (box, then mask) -> Postprocessor
+    images -> Preprocessor -> backbone (+FPN) -> RPN -> RoI heads (box, then mask and/or
+    keypoints) -> Postprocessor
 
 The training/inference split happens here, once: :meth:`MaskRCNN.losses` and
 :meth:`MaskRCNN.detect` call each stage's own training or inference method with the settings
@@ -67,12 +68,14 @@ class MaskRCNN(nn.Module):
         Args:
             images: [3, H_i, W_i] RGB floats in [0, 1].
             targets: training only; per image ``boxes`` [G, 4], ``labels`` [G], ``masks``
-                [G, H_i, W_i] (a dict, or Instances).
+                [G, H_i, W_i] and, for a keypoint head, ``keypoints`` [G, K, 3] (masks may be
+                left out then) (a dict, or Instances).
 
         Returns:
             Training: a dict of scalar losses. Eval: per image ``boxes`` [N, 4] xyxy in the
-            image frame, ``labels`` [N] int64, ``scores`` [N] and ``masks`` [N, 1, H_i, W_i]
-            probabilities.
+            image frame, ``labels`` [N] int64, ``scores`` [N], ``masks`` [N, 1, H_i, W_i]
+            probabilities (with a mask head) and ``keypoints`` [N, K, 3], ``keypoints_scores``
+            [N, K] (with a keypoint head).
         """
         if self.training:
             if targets is None:
@@ -89,8 +92,9 @@ class MaskRCNN(nn.Module):
         they are normalised and padded here.
 
         Returns:
-            ``loss_objectness``, ``loss_rpn_box_reg``, ``loss_classifier``, ``loss_box_reg`` and
-            ``loss_mask``, scalars whose sum is the Mask R-CNN loss.
+            ``loss_objectness``, ``loss_rpn_box_reg``, ``loss_classifier``, ``loss_box_reg``,
+            ``loss_mask`` (with a mask head) and ``loss_keypoint`` (with a keypoint head),
+            scalars whose sum is the model's loss.
         """
         batch = self.preprocessor(images, resize=False)
         rpn_levels, roi_levels = self._levels(self.backbone(batch.tensor))

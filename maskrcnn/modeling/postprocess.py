@@ -9,7 +9,8 @@ stage for it, a module so that forward hooks see it (e.g. to time the paste).
 
 from __future__ import annotations
 
-from torch import nn
+import torch
+from torch import Tensor, nn
 
 from maskrcnn.ops.boxes import scale_boxes
 from maskrcnn.ops.paste import paste_function
@@ -33,6 +34,9 @@ def to_image_frame(
         New Instances with ``image_size`` = ``image_size`` and boxes rescaled to it.
     """
     boxes = scale_boxes(result.boxes, result.image_size, image_size)
+    keypoints = result.keypoints
+    if keypoints is not None:
+        keypoints = scale_keypoints(keypoints, result.image_size, image_size)
     masks = result.masks
     if masks is not None and paste is not None:
         masks = paste_function(paste)(masks, boxes, image_size)
@@ -43,7 +47,24 @@ def to_image_frame(
         scores=result.scores,
         masks=masks,
         category_names=result.category_names,
+        keypoints=keypoints,
+        keypoints_scores=result.keypoints_scores,
     )
+
+
+def scale_keypoints(
+    keypoints: Tensor, from_size: tuple[int, int], to_size: tuple[int, int]
+) -> Tensor:
+    """[N, K, 3] (x, y, v): x and y rescaled from a frame of ``from_size`` to ``to_size``.
+
+    The ratios are float32 ``to / from`` per axis, as torchvision's ``resize_keypoints``.
+    """
+    ratio_h = torch.tensor(to_size[0], dtype=torch.float32) / from_size[0]
+    ratio_w = torch.tensor(to_size[1], dtype=torch.float32) / from_size[1]
+    out = keypoints.clone()
+    out[..., 0] *= ratio_w.to(out.device)
+    out[..., 1] *= ratio_h.to(out.device)
+    return out
 
 
 class Postprocessor(nn.Module):

@@ -13,7 +13,9 @@ import torch
 from torch import Tensor, nn
 
 from maskrcnn.config import BoxHeadConfig, MaskHeadConfig
-from maskrcnn.modeling.box_head import BoxHead, BoxPredictor, detect_boxes
+from maskrcnn.modeling.box_head import BoxHead, BoxPredictor, Detections, detect_boxes
+from maskrcnn.modeling.keypoint_head import KeypointHead, heatmaps_to_keypoints
+from maskrcnn.modeling.keypoint_losses import keypoint_loss
 from maskrcnn.modeling.losses import fast_rcnn_losses, mask_loss
 from maskrcnn.modeling.mask_head import MaskHead, mask_probs_for_labels
 from maskrcnn.modeling.poolers import MultiLevelRoIPooler
@@ -45,9 +47,10 @@ class RoIHeads(nn.Module):
         box_pooler / mask_pooler: multi-level RoI pooling for each branch.
         box_head: pooled features -> [K, F] (its ``out_features`` is F).
         box_predictor: [K, F] -> class logits and box deltas.
-        mask_head: pooled features -> mask logits.
+        mask_head: pooled features -> mask logits (pooler and head None: no mask branch).
         box_cfg / mask_cfg: the branches' settings (thresholds, mask loss kind).
         shared_head: run on pooled features before both heads (res5 for C4); None for FPN.
+        keypoint_pooler / keypoint_head: the keypoint branch (None: none).
     """
 
     def __init__(
@@ -56,11 +59,13 @@ class RoIHeads(nn.Module):
         box_pooler: MultiLevelRoIPooler,
         box_head: BoxFeatureHead,
         box_predictor: BoxPredictor,
-        mask_pooler: MultiLevelRoIPooler,
-        mask_head: MaskHead,
+        mask_pooler: MultiLevelRoIPooler | None,
+        mask_head: MaskHead | None,
         box_cfg: BoxHeadConfig,
         mask_cfg: MaskHeadConfig,
         shared_head: nn.Module | None = None,
+        keypoint_pooler: MultiLevelRoIPooler | None = None,
+        keypoint_head: KeypointHead | None = None,
     ) -> None:
         super().__init__()
         self.box_pooler = box_pooler
@@ -71,6 +76,12 @@ class RoIHeads(nn.Module):
         self.shared_head = shared_head
         self.box_cfg = box_cfg
         self.mask_cfg = mask_cfg
+        if (mask_pooler is None) != (mask_head is None):
+            raise ValueError("RoIHeads: give both mask_pooler and mask_head, or neither")
+        if (keypoint_pooler is None) != (keypoint_head is None):
+            raise ValueError("RoIHeads: give both keypoint_pooler and keypoint_head, or neither")
+        self.keypoint_pooler = keypoint_pooler
+        self.keypoint_head = keypoint_head
 
     def _shared(self, x: Tensor) -> Tensor:
         return x if self.shared_head is None else self.shared_head(x)
@@ -89,7 +100,9 @@ class RoIHeads(nn.Module):
         Returns:
             Per image, Instances in the network frame (``image_size`` from ``image_sizes``)
             with ``boxes`` [D, 4], ``scores``, ``labels`` and ``masks`` [D, 1, M, M]: the
-            predicted class's probabilities in the RoI frame (M = 28 for the paper's heads).
+            predicted class's probabilities in the RoI frame (M = 28 for the paper's heads);
+            None without a mask branch. With a keypoint branch also ``keypoints`` [D, K, 3]
+            (x, y, 1) in the network frame and ``keypoints_scores`` [D, K].
         """
         box_features = self._shared(self.box_pooler(features, proposals))
         class_logits, box_deltas = self.box_predictor(self.box_head(box_features))
@@ -97,6 +110,41 @@ class RoIHeads(nn.Module):
             class_logits.float(), box_deltas.float(), proposals, image_sizes, self.box_cfg
         )
 
+        detected_boxes = [d.boxes for d in detections]
+        counts = [len(b) for b in detected_boxes]
+        masks: list[Tensor | None] = [None] * len(detections)
+        if self.mask_head is not None:
+            masks = list(torch.split(self._mask_probs(features, detections), counts))
+        keypoints: list[tuple[Tensor, Tensor] | tuple[None, None]] = [(None, None)] * len(counts)
+        if self.keypoint_head is not None:
+            keypoints = list(self._keypoints(features, detected_boxes))
+        return [
+            Instances(
+                image_size=size,
+                boxes=d.boxes,
+                labels=d.labels,
+                scores=d.scores,
+                masks=m,
+                keypoints=kp[0],
+                keypoints_scores=kp[1],
+            )
+            for d, m, kp, size in zip(detections, masks, keypoints, image_sizes)
+        ]
+
+    def _keypoints(
+        self, features: list[Tensor], boxes: list[Tensor]
+    ) -> list[tuple[Tensor, Tensor]]:
+        """Per image, keypoints [D, K, 3] (x, y, 1) and their scores [D, K] for ``boxes``."""
+        assert self.keypoint_pooler is not None and self.keypoint_head is not None
+        logits = self.keypoint_head(self.keypoint_pooler(features, boxes)).float()
+        out = []
+        for maps, b in zip(torch.split(logits, [len(b) for b in boxes]), boxes):
+            out.append(heatmaps_to_keypoints(maps, b))
+        return out
+
+    def _mask_probs(self, features: list[Tensor], detections: list[Detections]) -> Tensor:
+        """[D, 1, M, M] mask probabilities of the detected class, all images together."""
+        assert self.mask_pooler is not None and self.mask_head is not None
         detected_boxes = [d.boxes for d in detections]
         labels = torch.cat([d.labels for d in detections])
         if labels.numel() > 0:
@@ -108,11 +156,7 @@ class RoIHeads(nn.Module):
             pooled = self.mask_cfg.pooler.output_size
             size = pooled if self.shared_head is not None else 2 * pooled
             mask_probs = features[0].new_zeros((0, 1, size, size))
-        per_image = torch.split(mask_probs, [len(b) for b in detected_boxes])
-        return [
-            Instances(image_size=size, boxes=d.boxes, labels=d.labels, scores=d.scores, masks=m)
-            for d, m, size in zip(detections, per_image, image_sizes)
-        ]
+        return mask_probs
 
     def losses(
         self, features: list[Tensor], proposals: list[Tensor], gt_instances: list[Instances]
@@ -125,7 +169,8 @@ class RoIHeads(nn.Module):
             gt_instances: per image, ground truth in the network frame, masks [G, H, W].
 
         Returns:
-            ``loss_classifier``, ``loss_box_reg`` and ``loss_mask``.
+            ``loss_classifier``, ``loss_box_reg``, ``loss_mask`` (with a mask branch) and
+            ``loss_keypoint`` (with a keypoint branch).
         """
         box_cfg = self.box_cfg
         targets = [
@@ -150,13 +195,36 @@ class RoIHeads(nn.Module):
             torch.cat([t.regression_targets for t in targets]),
             smooth_l1_beta=box_cfg.smooth_l1_beta,
         )
-        losses["loss_mask"] = self.mask_losses(features, targets, gt_instances)
+        if self.mask_head is not None:
+            losses["loss_mask"] = self.mask_losses(features, targets, gt_instances)
+        if self.keypoint_head is not None:
+            losses["loss_keypoint"] = self.keypoint_losses(features, targets, gt_instances)
         return losses
+
+    def keypoint_losses(
+        self, features: list[Tensor], targets: list[RoITargets], gt_instances: list[Instances]
+    ) -> Tensor:
+        """Keypoint loss on the foreground RoIs against their matched instance's keypoints."""
+        assert self.keypoint_pooler is not None and self.keypoint_head is not None
+        fg = [t.labels > 0 for t in targets]
+        fg_boxes = [t.proposals[keep] for t, keep in zip(targets, fg)]
+        logits = self.keypoint_head(self.keypoint_pooler(features, fg_boxes))
+        num_keypoints = logits.shape[1]
+        matched = []
+        for t, keep, gt in zip(targets, fg, gt_instances):
+            if gt.keypoints is None:
+                raise ValueError("training a keypoint head needs ground-truth keypoints")
+            if gt.keypoints.shape[0] == 0:
+                matched.append(logits.new_zeros((0, num_keypoints, 3)))
+                continue
+            matched.append(gt.keypoints[t.matched_gt[keep]].to(logits.dtype))
+        return keypoint_loss(logits, torch.cat(fg_boxes), torch.cat(matched))
 
     def mask_losses(
         self, features: list[Tensor], targets: list[RoITargets], gt_instances: list[Instances]
     ) -> Tensor:
         """Mask loss on the foreground RoIs; targets cut from the ground-truth masks."""
+        assert self.mask_pooler is not None and self.mask_head is not None
         fg = [t.labels > 0 for t in targets]
         fg_boxes = [t.proposals[keep] for t, keep in zip(targets, fg)]
         mask_logits = self.mask_head(self._shared(self.mask_pooler(features, fg_boxes)))

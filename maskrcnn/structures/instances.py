@@ -32,6 +32,10 @@ class Instances:
             * [N, H, W] bool, the probabilities thresholded at ``cfg.mask_head.threshold``:
               from ``MaskRCNN.predict``.
         category_names: name of each instance's class ("" where unknown).
+        keypoints: None, or [N, K, 3] float (x, y, v) in pixels of the frame: ground truth
+            visibility v (0 not labelled, 1 occluded, 2 visible) or, for detections,
+            torchvision's v = 1 for every predicted keypoint.
+        keypoints_scores: None, or [N, K] float heatmap logits at the predicted keypoints.
     """
 
     image_size: tuple[int, int]
@@ -40,6 +44,8 @@ class Instances:
     scores: Tensor | None = None
     masks: Tensor | None = None
     category_names: list[str] = field(default_factory=list)
+    keypoints: Tensor | None = None
+    keypoints_scores: Tensor | None = None
 
     def __len__(self) -> int:
         return int(self.boxes.shape[0])
@@ -59,6 +65,10 @@ class Instances:
             scores=None if self.scores is None else self.scores[index],
             masks=None if self.masks is None else self.masks[index],
             category_names=names,
+            keypoints=None if self.keypoints is None else self.keypoints[index],
+            keypoints_scores=(
+                None if self.keypoints_scores is None else self.keypoints_scores[index]
+            ),
         )
 
     def to(self, device: torch.device | str) -> Instances:
@@ -70,28 +80,41 @@ class Instances:
         return replace(self, **changes)
 
     def to_dict(self) -> dict[str, Tensor]:
-        """The torchvision-style dict (``boxes``, ``labels``, ``scores``, ``masks``)."""
+        """The torchvision-style dict (``boxes``, ``labels``, ``scores``, ``masks``,
+        ``keypoints``, ``keypoints_scores``; the optional ones where present)."""
         out = {"boxes": self.boxes, "labels": self.labels}
-        if self.scores is not None:
-            out["scores"] = self.scores
-        if self.masks is not None:
-            out["masks"] = self.masks
+        optional = {
+            "scores": self.scores,
+            "masks": self.masks,
+            "keypoints": self.keypoints,
+            "keypoints_scores": self.keypoints_scores,
+        }
+        out.update({k: v for k, v in optional.items() if v is not None})
         return out
 
 
 def as_instances(target: dict[str, Tensor] | Instances, image_size: tuple[int, int]) -> Instances:
-    """A torchvision-style target dict (``boxes``, ``labels``, ``masks``) as Instances.
+    """A torchvision-style target dict (``boxes``, ``labels``, ``masks``, ``keypoints``).
 
-    Instances are returned as they are. ``masks`` [G, H, W] must have the image's size.
+    Instances are returned as they are. ``masks`` [G, H, W] must have the image's size; a
+    target with ``keypoints`` [G, K, 3] (a keypoint model's) may come without masks.
     """
     if isinstance(target, Instances):
         return target
-    missing = [k for k in ("boxes", "labels", "masks") if k not in target]
+    required = ("boxes", "labels") if "keypoints" in target else ("boxes", "labels", "masks")
+    missing = [k for k in required if k not in target]
     if missing:
         raise ValueError(f"targets: missing field(s) {missing}")
-    masks = target["masks"]
-    if tuple(masks.shape[-2:]) != tuple(image_size):
+    masks = target.get("masks")
+    if masks is not None and tuple(masks.shape[-2:]) != tuple(image_size):
         raise ValueError(f"targets: masks are {tuple(masks.shape[-2:])}, image is {image_size}")
+    keypoints = target.get("keypoints")
+    if keypoints is not None and (keypoints.dim() != 3 or keypoints.shape[-1] != 3):
+        raise ValueError(f"targets: keypoints must be [G, K, 3], got {tuple(keypoints.shape)}")
     return Instances(
-        image_size=image_size, boxes=target["boxes"], labels=target["labels"], masks=masks
+        image_size=image_size,
+        boxes=target["boxes"],
+        labels=target["labels"],
+        masks=masks,
+        keypoints=keypoints,
     )

@@ -22,6 +22,7 @@ from torch import nn
 from maskrcnn.config import ModelConfig
 from maskrcnn.data.categories import CategoryMap
 from maskrcnn.data.coco import CocoDataset
+from maskrcnn.data.keypoints import keypoint_head_config
 from maskrcnn.data.loader import build_train_loader
 from maskrcnn.data.transforms import train_transforms
 from maskrcnn.modeling import MaskRCNN, build_model
@@ -142,6 +143,9 @@ def _build(cfg: TrainConfig, info: DistInfo, resume: bool) -> TrainRun:
     train_set, val_set = _datasets(cfg, base)
     categories = train_set.categories
     model_cfg = cfg.model.model_config(categories.num_classes, categories.names_by_label, base=base)
+    if train_set.keypoints is not None:  # a keypoint dataset trains a keypoint head
+        head = keypoint_head_config(train_set.keypoints, model_cfg.keypoint_head)
+        model_cfg = model_cfg.replace(keypoint_head=head)
     if state is not None:
         run_state.check_compatible(
             state,
@@ -285,6 +289,13 @@ def _datasets(
         transforms=train_transforms(tuple(sizes.min_size), sizes.max_size, data.flip_prob),
         skip_bad_images=data.skip_bad_images,
     )
+    if train_set.keypoints is not None:  # flips swap left and right keypoints
+        train_set.transforms = train_transforms(
+            tuple(sizes.min_size),
+            sizes.max_size,
+            data.flip_prob,
+            keypoint_flip_map=train_set.keypoints.flip_map,
+        )
     if train_set.categories.num_categories == 0:
         raise ValueError(f"{data.train_ann}: no categories to train on")
     _warn_without_targets(train_set)

@@ -32,6 +32,8 @@ def evaluate_run(run: TrainRun, iteration: int) -> EvalResult | None:
     if main:
         run.metrics.write({"type": "eval", "iter": iteration, **result.flat()})
         ap = f"bbox AP {100 * result.bbox.ap:.1f}, segm AP {100 * result.segm.ap:.1f}"
+        if result.keypoints is not None:
+            ap += f", keypoints AP {100 * result.keypoints.ap:.1f}"
         logger.info(f"step {iteration}: {ap}")
     return result
 

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from maskrcnn.config import PRESETS, ModelConfig, override, preset
+from maskrcnn.config import PRESETS, ModelConfig, config_value, override, preset
 from maskrcnn.train.assignments import listed, tupled
 
 # Fields the dataset decides; an override of them is an error.
@@ -184,16 +184,7 @@ def _checked_overrides(name: str, overrides: Any) -> dict[str, Any]:
 
 
 def _current(cfg: ModelConfig, key: str) -> Any:
-    node: Any = cfg
-    for part in key.split("."):
-        if not dataclasses.is_dataclass(node) or not hasattr(node, part):
-            where = (
-                [f.name for f in dataclasses.fields(node)] if dataclasses.is_dataclass(node) else []
-            )
-            allowed = f"; {part!r} is not one of {where}" if where else ""
-            raise ValueError(f"unknown config key {key!r}{allowed}")
-        node = getattr(node, part)
-    return node
+    return config_value(cfg, key)
 
 
 def _coerced(old: Any, new: Any) -> Any:

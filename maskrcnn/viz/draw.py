@@ -60,12 +60,40 @@ def blend_mask(
     canvas[mask] = canvas[mask] * (1 - alpha) + np.asarray(color, np.float32) * alpha
 
 
+def draw_keypoints(
+    draw: ImageDraw.ImageDraw,
+    keypoints: Tensor,
+    color: tuple[int, int, int],
+    skeleton: Sequence[tuple[int, int]] = (),
+    *,
+    radius: float = 2.5,
+) -> None:
+    """Draws one instance's keypoints [K, 3] (x, y, v) and its skeleton's limbs.
+
+    Keypoints with v = 0 (not labelled) are left out, and so are limbs touching them; limbs
+    are drawn in ``color``, joints as white-rimmed dots.
+    """
+    if keypoints.dim() != 2 or keypoints.shape[1] != 3:
+        raise ValueError(f"keypoints: expected [K, 3], got {tuple(keypoints.shape)}")
+    points = keypoints.tolist()
+    for a, b in skeleton:
+        if a >= len(points) or b >= len(points):
+            raise ValueError(f"skeleton pair {(a, b)} for {len(points)} keypoints")
+        if points[a][2] > 0 and points[b][2] > 0:
+            draw.line((points[a][0], points[a][1], points[b][0], points[b][1]), fill=color, width=2)
+    for x, y, v in points:
+        if v > 0:
+            box = (x - radius, y - radius, x + radius, y + radius)
+            draw.ellipse(box, fill=color, outline=(255, 255, 255))
+
+
 def draw_instances(
     image: Tensor,
     instances: Instances,
     *,
     score_thresh: float = 0.5,
     alpha: float = 0.45,
+    skeleton: Sequence[tuple[int, int]] = (),
 ) -> Image.Image:
     """Overlays masks (semi-transparent), boxes and "name score" labels on an image.
 
@@ -73,9 +101,10 @@ def draw_instances(
         image: [3, H, W] RGB floats in [0, 1] (or uint8).
         instances: boxes [N, 4] xyxy in the image's pixels; optional ``scores`` (ground truth
             has none: every instance is drawn); optional image-sized masks, bool [N, H, W] or
-            soft [N, 1, H, W].
+            soft [N, 1, H, W]; optional ``keypoints`` [N, K, 3] (x, y, v), drawn as dots.
         score_thresh: instances scoring below it are not drawn.
         alpha: mask opacity.
+        skeleton: pairs of keypoint indices joined by a line (e.g. ``cfg.keypoint_head.skeleton``).
 
     Returns:
         An RGB PIL image of size (W, H).
@@ -105,6 +134,9 @@ def draw_instances(
         tx, ty = max(x0, 0), max(y0 - (bottom - top) - 3, 0)
         draw.rectangle((tx, ty, tx + right - left + 3, ty + bottom - top + 3), fill=colors[i])
         draw.text((tx + 2 - left, ty + 1 - top), text, fill=(0, 0, 0), font=font)
+    if instances.keypoints is not None:
+        for i in keep:
+            draw_keypoints(draw, instances.keypoints[i].cpu(), colors[i], skeleton)
     return out
 
 
@@ -116,6 +148,7 @@ def predictions_grid(
     *,
     score_thresh: float = 0.5,
     gap: int = 6,
+    skeleton: Sequence[tuple[int, int]] = (),
 ) -> Path:
     """Writes one PNG: a row per image, ground truth on the left, predictions on the right.
 
@@ -126,6 +159,7 @@ def predictions_grid(
         out_path: PNG to write (folders are created).
         score_thresh: predictions below it are not drawn.
         gap: pixels between cells.
+        skeleton: keypoint pairs to join, for instances with keypoints.
     """
     if not len(images) == len(gts) == len(preds):
         raise ValueError(
@@ -134,7 +168,10 @@ def predictions_grid(
     if not images:
         raise ValueError("predictions_grid: no images")
     cells = [
-        (draw_instances(img, gt), draw_instances(img, pred, score_thresh=score_thresh))
+        (
+            draw_instances(img, gt, skeleton=skeleton),
+            draw_instances(img, pred, score_thresh=score_thresh, skeleton=skeleton),
+        )
         for img, gt, pred in zip(images, gts, preds)
     ]
     titles = ("ground truth", f"predictions (score >= {score_thresh:g})")

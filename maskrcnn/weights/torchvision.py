@@ -17,12 +17,14 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
-from maskrcnn.config import ModelConfig, torchvision_v1, torchvision_v2
+from maskrcnn.config import ModelConfig, torchvision_keypoint_v1, torchvision_v1, torchvision_v2
 from maskrcnn.modeling import MaskRCNN, build_model
 from maskrcnn.weights.torchvision_keys import torchvision_key
 
-TorchvisionVariant = Literal["v1", "v2"]
-"""torchvision's Mask R-CNN designs: ``maskrcnn_resnet50_fpn`` (v1) and its ``_v2``."""
+TorchvisionVariant = Literal["v1", "v2", "keypoint_v1"]
+"""torchvision's designs: ``maskrcnn_resnet50_fpn`` (v1), its ``_v2``, and
+``keypointrcnn_resnet50_fpn`` (keypoint_v1: no mask head, a keypoint head)."""
+_VARIANTS = ("v1", "v2", "keypoint_v1")
 
 
 def convert_torchvision_state_dict(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
@@ -91,6 +93,7 @@ _BUILDER_KWARGS = {
     "box_batch_size_per_image",
     "box_positive_fraction",
     "norm_eps",
+    "num_keypoints",
 }
 
 
@@ -116,9 +119,17 @@ def torchvision_config(variant: TorchvisionVariant = "v1", **kwargs: Any) -> Mod
     unknown = sorted(set(kwargs) - _BUILDER_KWARGS)
     if unknown:
         raise ValueError(f"unsupported keyword argument(s) {unknown}")
-    if variant not in ("v1", "v2"):
-        raise ValueError(f"variant must be 'v1' or 'v2', got {variant!r}")
-    cfg = (torchvision_v1 if variant == "v1" else torchvision_v2)(kwargs.get("num_classes", 91))
+    if variant not in _VARIANTS:
+        raise ValueError(f"variant must be one of {list(_VARIANTS)}, got {variant!r}")
+    if "num_keypoints" in kwargs and variant != "keypoint_v1":
+        raise ValueError(f"num_keypoints: only for variant 'keypoint_v1', not {variant!r}")
+    if variant == "keypoint_v1":
+        cfg = torchvision_keypoint_v1(
+            kwargs.get("num_classes", 2), num_keypoints=int(kwargs.get("num_keypoints", 17))
+        )
+    else:
+        build = torchvision_v1 if variant == "v1" else torchvision_v2
+        cfg = build(kwargs.get("num_classes", 91))
     r = dataclasses.replace
     inp, rpn, box = cfg.input, cfg.rpn, cfg.box_head
     if "min_size" in kwargs:
@@ -166,11 +177,12 @@ def from_torchvision(
     category_names: tuple[str, ...] = (),
     **kwargs: Any,
 ) -> MaskRCNN:
-    """Our model, in eval mode, holding torchvision Mask R-CNN weights.
+    """Our model, in eval mode, holding torchvision Mask (or Keypoint) R-CNN weights.
 
     Args:
-        state_dict_or_path: a state dict of ``maskrcnn_resnet50_fpn`` (v1) or
-            ``maskrcnn_resnet50_fpn_v2`` (v2), or a path to one (.pth or .safetensors).
+        state_dict_or_path: a state dict of ``maskrcnn_resnet50_fpn`` (v1),
+            ``maskrcnn_resnet50_fpn_v2`` (v2) or ``keypointrcnn_resnet50_fpn`` (keypoint_v1),
+            or a path to one (.pth or .safetensors).
         variant: which torchvision architecture the weights are for.
         category_names: label names (index = label).
         **kwargs: torchvision builder arguments (``box_score_thresh``, ``min_size``, ...) and
@@ -195,6 +207,9 @@ def from_torchvision(
         )
     if "num_classes" not in kwargs:
         kwargs["num_classes"] = int(state_dict[classes].shape[0])
+    keypoints = "roi_heads.keypoint_head.predictor.weight"  # [C, K, 4, 4]
+    if variant == "keypoint_v1" and keypoints in state_dict and "num_keypoints" not in kwargs:
+        kwargs["num_keypoints"] = int(state_dict[keypoints].shape[1])
     cfg = torchvision_config(variant, **kwargs).replace(category_names=tuple(category_names))
     model = build_model(cfg)
     load_exact(model, state_dict, source=f"torchvision checkpoint {source}")

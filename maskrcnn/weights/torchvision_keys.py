@@ -182,10 +182,32 @@ def _legacy_mask_key(key: str) -> str:
     return key
 
 
+_TV_KEYPOINT_CONV = re.compile(r"^roi_heads\.keypoint_head\.(\d+)\.(weight|bias)$")
+
+
+def _keypoint_key(key: str) -> str | None:
+    """Keypoint R-CNN's head: ``keypoint_head.{2i}.*`` (convs between ReLUs) ->
+    ``keypoint_head.convs.{i}.conv.*``; ``keypoint_predictor.kps_score_lowres.*`` ->
+    ``keypoint_head.predictor.*``. None for any other key."""
+    match = _TV_KEYPOINT_CONV.match(key)
+    if match:
+        index = int(match.group(1))
+        if index % 2:
+            raise ValueError(f"not a torchvision Keypoint R-CNN key: {key!r} (a ReLU's index)")
+        return f"roi_heads.keypoint_head.convs.{index // 2}.conv.{match.group(2)}"
+    prefix = "roi_heads.keypoint_predictor.kps_score_lowres."
+    if key.startswith(prefix):
+        return "roi_heads.keypoint_head.predictor." + key[len(prefix) :]
+    return None
+
+
 def torchvision_key(key: str) -> str | None:
-    """Our state-dict key for a torchvision Mask R-CNN key (None: not a weight we keep)."""
+    """Our state-dict key for a torchvision Mask (or Keypoint) R-CNN key (None: not a weight
+    we keep)."""
     if key.startswith("backbone."):
         return torchvision_fpn_key(key)
+    if key.startswith(("roi_heads.keypoint_head.", "roi_heads.keypoint_predictor.")):
+        return _keypoint_key(key)
     key = _legacy_mask_key(key)
     for pattern, replacement in _HEAD_RULES:
         new, count = re.subn(pattern, replacement, key)

@@ -63,3 +63,18 @@ def test_predictions_grid_puts_ground_truth_beside_predictions(tmp_path):
         assert wide_grid.size[0] == 2 * 200 + 3 * 6
     with pytest.raises(ValueError, match="2 images, 1 gts"):
         predictions_grid(images, gts[:1], preds, tmp_path / "x.png")
+
+
+def test_draw_instances_draws_keypoints_and_skeleton():
+    image = torch.zeros(3, 40, 60)
+    instances = Instances(
+        image_size=(40, 60),
+        boxes=torch.tensor([[5.0, 5.0, 55.0, 35.0]]),
+        labels=torch.tensor([1]),
+        keypoints=torch.tensor([[[10.0, 20.0, 2.0], [50.0, 20.0, 1.0], [30.0, 30.0, 0.0]]]),
+    )
+    plain = np.asarray(draw_instances(image, instances))
+    drawn = np.asarray(draw_instances(image, instances, skeleton=((0, 1), (1, 2))))
+    assert plain[20, 30].sum() == 0 and drawn[20, 30].sum() > 0  # the limb 0-1
+    assert plain[20, 10].sum() > 0  # keypoints are dots with or without a skeleton
+    assert plain[30, 30].sum() == 0 and drawn[25, 40].sum() == 0  # v = 0: no dot, no limb
