@@ -19,7 +19,7 @@ from maskrcnn.modeling.rpn import RPN, RPNHead
 
 
 def build_model(cfg: ModelConfig) -> MaskRCNN:
-    """Builds a Mask R-CNN (FPN, C4 or C5 design) in training mode with fresh weights."""
+    """Builds a Mask R-CNN (FPN, C4, C5 or C4-fc design) in training mode with fresh weights."""
     backbone: BackboneWithFPN | ResNet
     rpn_features: tuple[str, ...]
     roi_features: tuple[str, ...]
@@ -36,14 +36,15 @@ def build_model(cfg: ModelConfig) -> MaskRCNN:
         channels = backbone.out_channels["res4"]
         shared_head = _res5_head(cfg.backbone)
         box_in = mask_in = 2 * channels
-    elif cfg.head == "c5":  # one stride-32 level, no FPN, the FPN design's heads on it
-        backbone = ResNet(cfg.backbone, out_features=("res5",))
-        rpn_features = roi_features = ("res5",)
-        channels = backbone.out_channels["res5"]
+    elif cfg.head in ("c5", "c4_fc"):  # one level, no FPN, the FPN design's heads on it
+        level = "res5" if cfg.head == "c5" else "res4"
+        backbone = ResNet(cfg.backbone, out_features=(level,))
+        rpn_features = roi_features = (level,)
+        channels = backbone.out_channels[level]
         shared_head = None
         box_in = mask_in = channels
     else:
-        raise ValueError(f"head: unknown design {cfg.head!r} (choose 'fpn', 'c4' or 'c5')")
+        raise ValueError(f"head: unknown design {cfg.head!r} (choose 'fpn', 'c4', 'c5' or 'c4_fc')")
     rpn_strides = tuple(backbone.strides[k] for k in rpn_features)
     roi_strides = tuple(backbone.strides[k] for k in roi_features)
 

@@ -45,10 +45,12 @@ def test_c4_has_res5_as_shared_head():
     assert model.roi_heads.box_predictor.cls_score.in_features == 2048
 
 
-def test_c5_pools_single_stride32_level_without_fpn():
-    """head="c5" (Table 2d): the RPN and both RoI branches read res5 alone, at stride 32."""
+@pytest.mark.parametrize(("head", "level", "stride"), [("c5", "res5", 32), ("c4_fc", "res4", 16)])
+def test_single_level_designs_pool_one_level_without_fpn(head, level, stride):
+    """head="c5" (Table 2d): the RPN and both RoI branches read res5 alone, at stride 32;
+    "c4_fc" the same on res4 (stride 16), with no res5 at all."""
     cfg = preset("r18_fpn", num_classes=3).replace(
-        head="c5",
+        head=head,
         anchors=dataclasses.replace(preset("r50_c4").anchors, sizes=((32, 64, 128),)),
     )
     cfg = cfg.replace(
@@ -57,9 +59,10 @@ def test_c5_pools_single_stride32_level_without_fpn():
     )
     torch.manual_seed(0)
     model = build_model(cfg)
-    assert model.rpn_features == model.roi_features == ("res5",)
+    assert model.rpn_features == model.roi_features == (level,)
     assert not hasattr(model.backbone, "fpn") and model.roi_heads.shared_head is None
-    assert model.roi_heads.box_pooler.strides == model.roi_heads.mask_pooler.strides == (32,)
+    assert hasattr(model.backbone, "res5") == (head == "c5")
+    assert model.roi_heads.box_pooler.strides == model.roi_heads.mask_pooler.strides == (stride,)
     assert model.roi_heads.box_predictor.cls_score.in_features == cfg.box_head.fc_dim
     image = torch.rand(3, 96, 128)
     target = {
@@ -71,7 +74,7 @@ def test_c5_pools_single_stride32_level_without_fpn():
     losses = model([image], [target])
     assert set(losses) >= {"loss_mask", "loss_classifier", "loss_objectness"}
     sum(losses.values()).backward()
-    assert model.backbone.res5[0].conv1.conv.weight.grad is not None
+    assert getattr(model.backbone, level)[0].conv1.conv.weight.grad is not None
     with torch.no_grad():
         (out,) = randomize_(model, seed=0).eval()([image])
     assert out["masks"].shape[1:] == (1, 96, 128)
