@@ -36,6 +36,7 @@ from maskrcnn.train.config import (
     TrainConfig,
 )
 from maskrcnn.train.model_spec import ModelSpec
+from maskrcnn.train.recipes import CPU_SMALL
 from maskrcnn.train.trainer import train
 from maskrcnn.viz.draw import predictions_grid
 from maskrcnn.weights.native import load_model
@@ -63,7 +64,7 @@ def main() -> None:
     out = Path(args.out)
     demo = DemoSettings()
     overrides = dict(KEYPOINT_OVERRIDES)
-    n_train, n_val, batch = args.train, args.val, demo.batch_size
+    n_train, n_val, batch = args.train, args.val, CPU_SMALL.batch_size
     steps = max(20, round(args.minutes * STEPS_PER_MINUTE))
     minutes = args.minutes
     size = (192, 256)
@@ -87,18 +88,20 @@ def main() -> None:
         out_dir=str(run_dir),
         model=ModelSpec(preset="r18_fpn", overrides=overrides),
         optim=OptimConfig(
-            kind=demo.optimizer,
+            kind=CPU_SMALL.optim.kind,
             base_lr=args.lr,
             base_batch_size=batch,
-            weight_decay=demo.weight_decay,
+            weight_decay=CPU_SMALL.optim.weight_decay,
         ),
         schedule=ScheduleConfig(
-            max_iter=steps, warmup_iters=min(demo.warmup_iters, steps // 4), lr_steps=(0.8, 0.95)
+            max_iter=steps,
+            warmup_iters=min(CPU_SMALL.schedule.warmup_iters, steps // 4),
+            lr_steps=(0.8, 0.95),
         ),
         checkpoint=CheckpointConfig(period=10**9),
         eval=EvalConfig(period=period),
         log=LogConfig(period=10, progress=False),
-        runtime=RuntimeConfig(precision=demo.precision, seed=0, max_minutes=minutes),
+        runtime=RuntimeConfig(precision=CPU_SMALL.precision, seed=0, max_minutes=minutes),
     )
     start = time.perf_counter()
     result = train(cfg)

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 NormKind = Literal["frozen_bn", "bn", "gn", "none"]
-PoolerKind = Literal["align", "align_max", "warp", "pool"]
+PoolerKind = Literal["align", "align_max", "warp", "warp_max", "pool"]
 MaskLossKind = Literal["sigmoid", "softmax"]
 ResNetDepth = Literal[18, 34, 50, 101, 152]
 # The project's precision vocabulary (resolved for a device by maskrcnn.modeling.precision).
@@ -223,7 +223,10 @@ class ModelConfig:
     """A whole Mask R-CNN. ``num_classes`` counts the background, which is label 0."""
 
     num_classes: int = 91
-    head: Literal["fpn", "c4"] = "fpn"
+    # "fpn": P2-P6; "c4": RPN and RoIs on res4, res5 as the shared RoI head. One level, no
+    # FPN, with the FPN design's box head (fcs) and mask head (convs) on it: "c5" (res5,
+    # stride 32: the paper's Table 2d "R50-C5") and "c4_fc" (res4, stride 16, no res5).
+    head: Literal["fpn", "c4", "c5", "c4_fc"] = "fpn"
     input: InputConfig = field(default_factory=InputConfig)
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
     fpn: FPNConfig = field(default_factory=FPNConfig)

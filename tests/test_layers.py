@@ -23,6 +23,7 @@ LAYERS: dict[str, int] = {
     "train": 8,
     "serve": 9,
     "demo": 9,
+    "ablation": 9,
     "cli": 10,
     "__init__": 10,  # the package's public API re-exports from below
     "__main__": 10,

@@ -2,9 +2,8 @@
 
 One module per command group: :mod:`~maskrcnn.cli.data` (``data shapes``, ``data check``),
 :mod:`~maskrcnn.cli.train`, :mod:`~maskrcnn.cli.recipes`, :mod:`~maskrcnn.cli.evaluate`
-(``eval``, ``predict``),
-:mod:`~maskrcnn.cli.explain`, :mod:`~maskrcnn.cli.demo`, :mod:`~maskrcnn.cli.export` and
-:mod:`~maskrcnn.cli.serve`.
+(``eval``, ``predict``), :mod:`~maskrcnn.cli.explain`, :mod:`~maskrcnn.cli.demo`,
+:mod:`~maskrcnn.cli.export`, :mod:`~maskrcnn.cli.serve` and :mod:`~maskrcnn.cli.ablate`.
 """
 
 from __future__ import annotations
@@ -12,6 +11,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from maskrcnn.cli.ablate import add_ablate_command
 from maskrcnn.cli.data import add_data_commands
 from maskrcnn.cli.demo import add_demo_command
 from maskrcnn.cli.evaluate import add_eval_commands
@@ -27,7 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="maskrcnn",
         description=(
             "Mask R-CNN from scratch: data, train, recipes, eval, predict, explain, demo, export, "
-            "serve."
+            "serve, ablate."
         ),
     )
     sub = parser.add_subparsers(dest="command", required=True)
@@ -39,6 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_recipes_command(sub)
     add_export_command(sub)
     add_serve_command(sub)
+    add_ablate_command(sub)
     return parser
 
 

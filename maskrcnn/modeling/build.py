@@ -20,7 +20,7 @@ from maskrcnn.modeling.rpn import RPN, RPNHead
 
 
 def build_model(cfg: ModelConfig) -> MaskRCNN:
-    """Builds a Mask R-CNN (FPN or C4 design) in training mode with fresh weights."""
+    """Builds a Mask R-CNN (FPN, C4, C5 or C4-fc design) in training mode with fresh weights."""
     backbone: BackboneWithFPN | ResNet
     rpn_features: tuple[str, ...]
     roi_features: tuple[str, ...]
@@ -37,10 +37,17 @@ def build_model(cfg: ModelConfig) -> MaskRCNN:
         channels = backbone.out_channels["res4"]
         shared_head = _res5_head(cfg.backbone)
         box_in = mask_in = 2 * channels
+    elif cfg.head in ("c5", "c4_fc"):  # one level, no FPN, the FPN design's heads on it
+        level = "res5" if cfg.head == "c5" else "res4"
+        backbone = ResNet(cfg.backbone, out_features=(level,))
+        rpn_features = roi_features = (level,)
+        channels = backbone.out_channels[level]
+        shared_head = None
+        box_in = mask_in = channels
     else:
-        raise ValueError(f"head: unknown design {cfg.head!r} (choose 'fpn' or 'c4')")
+        raise ValueError(f"head: unknown design {cfg.head!r} (choose 'fpn', 'c4', 'c5' or 'c4_fc')")
     if cfg.keypoint_head is not None and cfg.head != "fpn":
-        raise ValueError("keypoint_head: needs the 'fpn' design (head='fpn'), got 'c4'")
+        raise ValueError(f"keypoint_head: needs the 'fpn' design (head='fpn'), got {cfg.head!r}")
     rpn_strides = tuple(backbone.strides[k] for k in rpn_features)
     roi_strides = tuple(backbone.strides[k] for k in roi_features)
 

@@ -2,8 +2,8 @@
 
 The paper's FPN level rule: an RoI of width w and height h goes to level
 ``k = floor(k0 + log2(sqrt(w * h) / 224))`` with k0 = 4, clamped to the levels present (P2-P5).
-The pooling operator itself (RoIAlign avg or max, RoIWarp, RoIPool) is a config choice, so the
-paper's Table 2c ablation is one field.
+The pooling operator itself (RoIAlign avg or max, RoIWarp avg or max, RoIPool) is a config
+choice, so the paper's Table 2c ablation is one field.
 """
 
 from __future__ import annotations
@@ -68,6 +68,8 @@ class MultiLevelRoIPooler(nn.Module):
             )
         if cfg.op == "warp":
             return roi_warp(features, rois, size, scale, cfg.sampling_ratio)
+        if cfg.op == "warp_max":
+            return roi_warp(features, rois, size, scale, cfg.sampling_ratio, reduction="max")
         if cfg.op == "pool":
             return roi_pool(features, rois, size, scale)
         raise ValueError(f"pooler.op: unknown operator {cfg.op!r}")

@@ -1,4 +1,4 @@
-"""RoIWarp: RoIPool's quantised RoI, sampled bilinearly and averaged like RoIAlign.
+"""RoIWarp: RoIPool's quantised RoI, sampled bilinearly and averaged (or maxed) like RoIAlign.
 
 The Mask R-CNN paper's Table 2c compares RoIPool, RoIWarp and RoIAlign. RoIWarp (from the
 MNC paper) warps the RoI to the output size with bilinear interpolation, but, like RoIPool,
@@ -14,7 +14,8 @@ only after snapping the RoI to the feature grid. This module's exact definition,
 2. Sample exactly as ``roi_align(..., aligned=False)`` would a RoI starting at ``(xs, ys)``
    (feature-map coordinates) of size ``roi_w x roi_h``: ``PH x PW`` bins, ``gh x gw`` samples
    per bin (``sampling_ratio``, or ``ceil(roi_h / PH)`` when ``sampling_ratio <= 0``), bilinear
-   values with RoIAlign's border rules, averaged per bin.
+   values with RoIAlign's border rules, averaged per bin (``reduction="avg"``) or their
+   maximum taken (``reduction="max"``, the paper's "RoIWarp max" of Table 2c).
 
 Consequently, for boxes whose scaled corners are integers, ``roi_warp(x, box, ...)`` equals
 ``roi_align(x, box + (0, 0, 1/s, 1/s), ..., aligned=False)`` (the +1 cell of the inclusive end).
@@ -33,7 +34,7 @@ from maskrcnn.ops._roi_args import (
     pair_output_size,
     round_half_away,
 )
-from maskrcnn.ops.roi_align import align_features
+from maskrcnn.ops.roi_align import REDUCTIONS, align_features
 
 
 def quantize_rois(rois: Tensor, spatial_scale: float) -> tuple[Tensor, Tensor]:
@@ -58,8 +59,9 @@ def roi_warp(
     output_size: int | tuple[int, int],
     spatial_scale: float = 1.0,
     sampling_ratio: int = -1,
+    reduction: str = "avg",
 ) -> Tensor:
-    """RoIWarp: bilinear average pooling of the grid-quantised RoI (see the module docstring).
+    """RoIWarp: bilinear pooling of the grid-quantised RoI (see the module docstring).
 
     Args:
         input: [N, C, H, W] features, any floating dtype (fp16/bf16 are computed in fp32).
@@ -67,13 +69,16 @@ def roi_warp(
         output_size: int or (PH, PW).
         spatial_scale: factor mapping box coordinates to feature-map coordinates.
         sampling_ratio: sample points per bin and axis; <= 0 for ``ceil(roi_size / bins)``.
+        reduction: "avg" (mean of a bin's samples) or "max" (their maximum).
 
     Returns:
         [K, C, PH, PW], dtype of ``input``. Differentiable with respect to ``input`` only.
 
     Raises:
-        ValueError: on a bad ``input``, ``boxes`` or ``output_size``.
+        ValueError: on a bad ``input``, ``boxes``, ``output_size`` or ``reduction``.
     """
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"reduction: expected one of {REDUCTIONS}, got {reduction!r}")
     check_input(input)
     size = pair_output_size(output_size)
     rois = boxes_to_rois(boxes, input)  # [K, 5]
@@ -81,7 +86,7 @@ def roi_warp(
         return empty_output(input, size)
     start, extent = quantize_rois(rois, spatial_scale)
     batch = rois[:, 0].to(torch.int64)
-    return align_features(input, batch, start, extent, size, sampling_ratio, "avg")
+    return align_features(input, batch, start, extent, size, sampling_ratio, reduction)
 
 
 class RoIWarp(nn.Module):
@@ -92,18 +97,29 @@ class RoIWarp(nn.Module):
         output_size: int | tuple[int, int],
         spatial_scale: float = 1.0,
         sampling_ratio: int = -1,
+        reduction: str = "avg",
     ) -> None:
         super().__init__()
+        if reduction not in REDUCTIONS:
+            raise ValueError(f"reduction: expected one of {REDUCTIONS}, got {reduction!r}")
         self.output_size = pair_output_size(output_size)
         self.spatial_scale = spatial_scale
         self.sampling_ratio = sampling_ratio
+        self.reduction = reduction
 
     def forward(self, input: Tensor, boxes: BoxesLike) -> Tensor:
         """input [N, C, H, W], boxes [K, 5] or list of [L_i, 4] -> [K, C, PH, PW]."""
-        return roi_warp(input, boxes, self.output_size, self.spatial_scale, self.sampling_ratio)
+        return roi_warp(
+            input,
+            boxes,
+            self.output_size,
+            self.spatial_scale,
+            self.sampling_ratio,
+            self.reduction,
+        )
 
     def extra_repr(self) -> str:
         return (
             f"output_size={self.output_size}, spatial_scale={self.spatial_scale}, "
-            f"sampling_ratio={self.sampling_ratio}"
+            f"sampling_ratio={self.sampling_ratio}, reduction={self.reduction!r}"
         )

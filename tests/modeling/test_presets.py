@@ -43,3 +43,38 @@ def test_c4_has_res5_as_shared_head():
     assert model.roi_heads.shared_head is not None
     assert model.rpn_features == ("res4",)
     assert model.roi_heads.box_predictor.cls_score.in_features == 2048
+
+
+@pytest.mark.parametrize(("head", "level", "stride"), [("c5", "res5", 32), ("c4_fc", "res4", 16)])
+def test_single_level_designs_pool_one_level_without_fpn(head, level, stride):
+    """head="c5" (Table 2d): the RPN and both RoI branches read res5 alone, at stride 32;
+    "c4_fc" the same on res4 (stride 16), with no res5 at all."""
+    cfg = preset("r18_fpn", num_classes=3).replace(
+        head=head,
+        anchors=dataclasses.replace(preset("r50_c4").anchors, sizes=((32, 64, 128),)),
+    )
+    cfg = cfg.replace(
+        input=dataclasses.replace(cfg.input, min_size=(96,), max_size=128),
+        box_head=dataclasses.replace(cfg.box_head, score_thresh=0.0, detections_per_image=5),
+    )
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    assert model.rpn_features == model.roi_features == (level,)
+    assert not hasattr(model.backbone, "fpn") and model.roi_heads.shared_head is None
+    assert hasattr(model.backbone, "res5") == (head == "c5")
+    assert model.roi_heads.box_pooler.strides == model.roi_heads.mask_pooler.strides == (stride,)
+    assert model.roi_heads.box_predictor.cls_score.in_features == cfg.box_head.fc_dim
+    image = torch.rand(3, 96, 128)
+    target = {
+        "boxes": torch.tensor([[10.0, 20.0, 60.0, 70.0]]),
+        "labels": torch.tensor([1]),
+        "masks": torch.zeros(1, 96, 128, dtype=torch.uint8),
+    }
+    target["masks"][0, 20:70, 10:60] = 1
+    losses = model([image], [target])
+    assert set(losses) >= {"loss_mask", "loss_classifier", "loss_objectness"}
+    sum(losses.values()).backward()
+    assert getattr(model.backbone, level)[0].conv1.conv.weight.grad is not None
+    with torch.no_grad():
+        (out,) = randomize_(model, seed=0).eval()([image])
+    assert out["masks"].shape[1:] == (1, 96, 128)

@@ -34,8 +34,9 @@ def bilinear_ref(img: torch.Tensor, y: float, x: float) -> torch.Tensor:
     )
 
 
-def roi_warp_ref(x, boxes, size, scale, sr):
-    """The documented definition by loops: RoIPool's quantised box, RoIAlign's averaged samples."""
+def roi_warp_ref(x, boxes, size, scale, sr, reduction="avg"):
+    """The documented definition by loops: RoIPool's quantised box, RoIAlign's samples averaged
+    (or, for "max", their maximum; a sample outside the map counts as 0)."""
     ph_n, pw_n = size
     outs = []
     for b, x1, y1, x2, y2 in boxes.tolist():
@@ -48,7 +49,7 @@ def roi_warp_ref(x, boxes, size, scale, sr):
         bins = []
         for ph in range(ph_n):
             for pw in range(pw_n):
-                total = sum(
+                samples = [
                     bilinear_ref(
                         x[int(b)],
                         ys + ph * bh + (iy + 0.5) * bh / gh,
@@ -56,8 +57,11 @@ def roi_warp_ref(x, boxes, size, scale, sr):
                     )
                     for iy in range(gh)
                     for ix in range(gw)
-                )
-                bins.append(total / (gh * gw))
+                ]
+                if reduction == "max":
+                    bins.append(torch.stack(samples).max(dim=0).values)
+                else:
+                    bins.append(sum(samples) / (gh * gw))
         outs.append(torch.stack(bins, 1).view(-1, ph_n, pw_n))
     return torch.stack(outs)
 
@@ -99,6 +103,28 @@ def test_matches_loop_reference(sampling_ratio, scale):
     assert not torch.allclose(ours, roi_align(x, boxes, (3, 2), scale, sampling_ratio), atol=1e-3)
 
 
+@pytest.mark.parametrize("sampling_ratio", [-1, 1, 2])
+@pytest.mark.parametrize("scale", [1.0, 0.5])
+def test_max_matches_loop_reference(sampling_ratio, scale):
+    """RoIWarp max (Table 2c) in float64: the largest quantised-RoI sample of each bin."""
+    gen = torch.Generator().manual_seed(sampling_ratio + 11)
+    x = torch.randn(2, 3, 9, 11, generator=gen, dtype=torch.float64)
+    boxes = warp_boxes(gen, 8, 2, 9, 11, scale)
+    x_ours, x_ref = x.clone().requires_grad_(), x.clone().requires_grad_()
+    ours = roi_warp(x_ours, boxes, (3, 2), scale, sampling_ratio, reduction="max")
+    ref = roi_warp_ref(x_ref, boxes, (3, 2), scale, sampling_ratio, reduction="max")
+    torch.testing.assert_close(ours, ref, rtol=0, atol=1e-10)
+    grad = torch.randn(ref.shape, generator=gen, dtype=ref.dtype)
+    ours.backward(grad)
+    ref.backward(grad)
+    torch.testing.assert_close(x_ours.grad, x_ref.grad, rtol=0, atol=1e-10)
+    avg = roi_warp(x, boxes, (3, 2), scale, sampling_ratio)
+    if sampling_ratio == 1:  # one sample per bin: its maximum is its mean
+        torch.testing.assert_close(ours.detach(), avg, rtol=0, atol=0)
+    else:
+        assert not torch.allclose(ours, avg, atol=1e-3)
+
+
 @pytest.mark.parametrize("scale", [1.0, 0.25])
 def test_integer_boxes_equal_roi_align_on_inclusive_box(scale):
     """Grid-aligned boxes: RoIWarp is RoIAlign (aligned=False) on the box grown by one cell."""
@@ -118,6 +144,9 @@ def test_integer_boxes_equal_roi_align_on_inclusive_box(scale):
         torch.testing.assert_close(warped, roi_align(x, grown, (3, 4), scale, sr), rtol=0, atol=0)
         ref = torchvision.ops.roi_align(x, grown, (3, 4), scale, sr, aligned=False)
         torch.testing.assert_close(warped, ref, rtol=0, atol=1e-5)
+        warped_max = roi_warp(x, boxes, (3, 4), scale, sr, reduction="max")
+        aligned_max = roi_align(x, grown, (3, 4), scale, sr, reduction="max")
+        torch.testing.assert_close(warped_max, aligned_max, rtol=0, atol=0)
 
 
 def test_gradcheck_and_empty():
@@ -143,7 +172,16 @@ def test_low_precision_close_to_fp32(dtype):
 
 def test_module_repr_and_bad_arguments():
     module = RoIWarp(14, spatial_scale=0.125, sampling_ratio=2)
-    assert repr(module) == "RoIWarp(output_size=(14, 14), spatial_scale=0.125, sampling_ratio=2)"
+    assert repr(module) == (
+        "RoIWarp(output_size=(14, 14), spatial_scale=0.125, sampling_ratio=2, reduction='avg')"
+    )
+    maxed = RoIWarp(3, reduction="max")
+    torch.testing.assert_close(
+        maxed(torch.ones(1, 1, 4, 4), [torch.tensor([[0.0, 0.0, 3.0, 3.0]])]),
+        torch.ones(1, 1, 3, 3),
+    )
+    with pytest.raises(ValueError, match="reduction"):
+        RoIWarp(3, reduction="sum")
     x = torch.randn(1, 2, 8, 8)
     boxes = [torch.tensor([[1.1, 2.2, 40.3, 50.1]])]
     torch.testing.assert_close(module(x, boxes), roi_warp(x, boxes, 14, 0.125, 2))
@@ -151,3 +189,5 @@ def test_module_repr_and_bad_arguments():
         roi_warp(x, [torch.zeros(2, 5)], 2)
     with pytest.raises(ValueError, match="output_size"):
         roi_warp(x, boxes, (2, 0))
+    with pytest.raises(ValueError, match="reduction"):
+        roi_warp(x, boxes, 2, reduction="median")
