@@ -93,14 +93,15 @@ class SweepSettings:
     Attributes:
         out: the sweep's folder.
         data: the data of every run.
-        minutes_per_run: training time budget of one run (evaluation comes on top).
+        minutes_per_run: time budget of one run, its final evaluation included.
         seeds: the seeds; each variant is trained once per seed.
         batch_size, optimizer, lr, weight_decay, precision: the recipe (the demo's).
         warmup_fraction: warm-up steps as a fraction of the run's steps.
         lr_steps: step-decay milestones as fractions of the run's steps.
-        max_iter: steps of every run (None: ``minutes_per_run`` times the backbone's
-            :data:`STEPS_PER_MINUTE`, so the decay and the final evaluation fall inside the
-            budget; the budget stops a run that is slower than that).
+        max_iter: the most steps of a run (None: three times ``minutes_per_run`` times the
+            backbone's :data:`STEPS_PER_MINUTE`, a ceiling). The time-budgeted schedule
+            (``schedule.fit_to_budget``) fits every run's steps to ``minutes_per_run`` on the
+            machine, so each run warms up, decays and evaluates inside its budget.
         parallel: runs at a time (> 1: worker subprocesses pinned to one core each).
         retry_failed: rerun runs that failed before.
         keep_checkpoints: keep ``last.ckpt`` of finished runs (default: removed, the final
@@ -159,7 +160,7 @@ def steps_for(variant: Variant, settings: SweepSettings) -> int:
     """The steps of one run (see :attr:`SweepSettings.max_iter`)."""
     if settings.max_iter is not None:
         return settings.max_iter
-    return max(10, round(STEPS_PER_MINUTE[variant.backbone] * settings.minutes_per_run))
+    return max(10, round(3 * STEPS_PER_MINUTE[variant.backbone] * settings.minutes_per_run))
 
 
 def train_config(run: PlannedRun, settings: SweepSettings) -> TrainConfig:

@@ -196,7 +196,7 @@ def from_torchvision(
         else str(state_dict_or_path)
     )
     raw = read_state_dict(state_dict_or_path)
-    if variant == "v1" and "norm_eps" not in kwargs:
+    if variant in ("v1", "keypoint_v1") and "norm_eps" not in kwargs:
         kwargs["norm_eps"] = infer_norm_eps(raw)
     state_dict = convert_torchvision_state_dict(raw)
     classes = "roi_heads.box_predictor.cls_score.weight"

@@ -39,7 +39,7 @@ def pair():
     ours = from_torchvision(
         reference.state_dict(),
         "keypoint_v1",
-        norm_eps=1e-5,  # built with weights=None: BatchNorm eps, not the published 0
+        # no norm_eps: built with weights=None, its BatchNorm buffers say eps 1e-5
         box_detections_per_img=DETECTIONS,
         **BUILDER_KWARGS,
     )

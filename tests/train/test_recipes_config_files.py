@@ -19,7 +19,7 @@ from maskrcnn.train.recipes import RECIPES, recipe
 
 def _data(tmp_path: Path) -> Path:
     root = tmp_path / "data"
-    (root / "images").mkdir(parents=True)
+    (root / "images").mkdir(parents=True, exist_ok=True)
     (root / "train.json").write_text("{}")
     return root
 
@@ -98,8 +98,11 @@ def test_unknown_key_names_it_and_the_allowed_ones(tmp_path: Path) -> None:
     path.write_text(f"out_dir: {tmp_path}\noptim:\n  lrr: 0.1\n")
     with pytest.raises(ValueError, match=r"bad\.yaml.*lrr.*allowed.*base_lr"):
         _config(["--config", str(path), "--data", str(_data(tmp_path))])
-    path.write_text("optimizer:\n  kind: sgd\n")
-    with pytest.raises(ValueError, match=r"unknown section.*optimizer.*allowed"):
+    path.write_text("optimiser:\n  kind: sgd\n")  # no section, and no old flat field either
+    with pytest.raises(ValueError, match=r"bad\.yaml.*optimiser.*sections.*optim"):
+        read_config_file(path)
+    path.write_text("optim:\n  kind: sgd\nschedulr:\n  max_iter: 5\n")
+    with pytest.raises(ValueError, match=r"unknown section.*schedulr.*allowed.*schedule"):
         read_config_file(path)
 
 
