@@ -27,7 +27,7 @@ from PIL import Image, ImageDraw
 from pycocotools import mask as mask_utils
 
 from maskrcnn.data.annotations import encode_binary_mask
-from maskrcnn.data.shapes import ShapesFiles
+from maskrcnn.data.shapes import ShapesFiles, hsv_colour
 
 FIGURE_KEYPOINTS = (
     "head",
@@ -248,11 +248,7 @@ def _figure(h: int, w: int, rng: np.random.Generator) -> _Figure:
 
 
 def _vivid_colour(rng: np.random.Generator) -> np.ndarray:
-    hue = rng.uniform(0, 6)
-    sat, val = rng.uniform(0.6, 1.0), rng.uniform(0.75, 1.0)
-    k = (np.array([5.0, 3.0, 1.0]) + hue) % 6
-    rgb = val - val * sat * np.clip(np.minimum(k, 4 - k), 0, 1)
-    return (rgb * 255).astype(np.float64)
+    return hsv_colour(rng, (0.6, 1.0), (0.75, 1.0))
 
 
 def _background(h: int, w: int, rng: np.random.Generator) -> np.ndarray:

@@ -284,21 +284,25 @@ def _make_shape(
     return _Shape(category_id, polygon, colour, decode_mask([polygon], h, w))
 
 
-def _vivid_colour(rng: np.random.Generator) -> np.ndarray:
+def hsv_colour(
+    rng: np.random.Generator, saturation: tuple[float, float], value: tuple[float, float]
+) -> np.ndarray:
+    """[3] float64 RGB in 0..255: a random hue with saturation and value drawn from the ranges
+    (in that order: hue, saturation, value)."""
     hue = rng.uniform(0, 6)
-    sat, val = rng.uniform(0.5, 1.0), rng.uniform(0.5, 1.0)
+    sat, val = rng.uniform(*saturation), rng.uniform(*value)
     k = (np.array([5.0, 3.0, 1.0]) + hue) % 6
     rgb = val - val * sat * np.clip(np.minimum(k, 4 - k), 0, 1)
     return (rgb * 255).astype(np.float64)
+
+
+def _vivid_colour(rng: np.random.Generator) -> np.ndarray:
+    return hsv_colour(rng, (0.5, 1.0), (0.5, 1.0))
 
 
 def _pastel_colour(rng: np.random.Generator) -> np.ndarray:
     """A pale, low-saturation colour (the second task's objects)."""
-    hue = rng.uniform(0, 6)
-    sat, val = rng.uniform(0.15, 0.4), rng.uniform(0.8, 1.0)
-    k = (np.array([5.0, 3.0, 1.0]) + hue) % 6
-    rgb = val - val * sat * np.clip(np.minimum(k, 4 - k), 0, 1)
-    return (rgb * 255).astype(np.float64)
+    return hsv_colour(rng, (0.15, 0.4), (0.8, 1.0))
 
 
 def _background(h: int, w: int, rng: np.random.Generator) -> np.ndarray:
