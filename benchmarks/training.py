@@ -25,12 +25,10 @@ import statistics
 import time
 
 import torch
-from inference import StageTimer, matmul_rate, peak_rss_mb, reset_peak_rss
+from demo_vs_torchvision import build_reference
+from inference import StageTimer, matmul_rate, our_stages, peak_rss_mb, reset_peak_rss
 from torch import nn
-from torchvision.models.detection import MaskRCNN as TorchvisionMaskRCNN
 from torchvision.models.detection import maskrcnn_resnet50_fpn
-from torchvision.models.detection.anchor_utils import AnchorGenerator
-from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
 
 from maskrcnn import build_model, preset
 from maskrcnn.config import override
@@ -49,34 +47,14 @@ def build_ours(kind: str) -> nn.Module:
 
 
 def build_torchvision(kind: str) -> nn.Module:
-    if kind == "demo":
-        backbone = resnet_fpn_backbone(
-            backbone_name="resnet18", weights=None, norm_layer=nn.BatchNorm2d, trainable_layers=5
-        )
-        anchors = AnchorGenerator(((16,), (32,), (64,), (128,), (256,)), ((0.5, 1.0, 2.0),) * 5)
-        return TorchvisionMaskRCNN(
-            backbone,
-            num_classes=NUM_CLASSES,
-            min_size=192,
-            max_size=256,
-            rpn_anchor_generator=anchors,
-            rpn_batch_size_per_image=128,
-            rpn_pre_nms_top_n_train=500,
-            rpn_post_nms_top_n_train=500,
-            box_batch_size_per_image=128,
-        )
+    if kind == "demo":  # the demo's settings, as the demo-vs-torchvision comparison builds them
+        return build_reference(NUM_CLASSES)
     return maskrcnn_resnet50_fpn(weights=None, weights_backbone=None, num_classes=NUM_CLASSES)
 
 
 def stages_ours(model: nn.Module) -> dict[str, list[nn.Module]]:
-    heads = model.roi_heads
-    return {
-        "backbone": [model.backbone.bottom_up],
-        "fpn": [model.backbone.fpn],
-        "rpn": [model.rpn],
-        "box head": [heads.box_pooler, heads.box_head, heads.box_predictor],
-        "mask head": [heads.mask_pooler, heads.mask_head],
-    }
+    """The inference benchmark's stages, less the paste (no postprocessing in training)."""
+    return {name: modules for name, modules in our_stages(model).items() if name != "paste"}
 
 
 def stages_torchvision(model: nn.Module) -> dict[str, list[nn.Module]]:
