@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,10 @@ from maskrcnn.modeling import build_model
 from maskrcnn.modeling.randomize import randomize_
 
 torch.set_num_threads(2)
+# Training runs take a fixed thread count (runtime.threads' default would follow the cores'
+# load, which another process on a CI machine could change between two runs that a test
+# compares bit for bit); the governor's own tests clear it.
+os.environ["OMP_NUM_THREADS"] = "2"
 
 
 @pytest.fixture(scope="session")

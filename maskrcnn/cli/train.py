@@ -54,6 +54,7 @@ _FLAGS = {
     "imagenet": "model.imagenet",
     "device": "runtime.device",
     "seed": "runtime.seed",
+    "threads": "runtime.threads",
     "skip_bad_images": "data.skip_bad_images",
 }
 
@@ -91,6 +92,11 @@ def add_train_command(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--precision", choices=PRECISIONS, help="fp32, bf16, fp16 or auto")
     p.add_argument("--amp", choices=AMP_MODES, help="older spelling of --precision (none: fp32)")
     p.add_argument("--workers", type=int, help="data-loading processes per training process")
+    p.add_argument(
+        "--threads",
+        type=int,
+        help="CPU threads (default: OMP_NUM_THREADS, else the cores not busy elsewhere)",
+    )
     p.add_argument("--eval-period", type=int, help="steps between evaluations (0: at the end)")
     p.add_argument("--checkpoint-period", type=int, help="steps between checkpoints")
     p.add_argument("--imagenet", help="ImageNet backbone weights (name or file)")

@@ -41,6 +41,7 @@ from maskrcnn.train.distributed import (
 from maskrcnn.train.metrics import MetricsWriter
 from maskrcnn.train.resumable_data import TrainData
 from maskrcnn.train.schedule import WarmupMultiStepLR, build_optimization
+from maskrcnn.train.threads import ThreadGovernor
 from maskrcnn.train.validation_set import check_validation_set
 from maskrcnn.weights.finetune import InitReport, InitSource, init_from_source, read_init_source
 
@@ -88,6 +89,7 @@ class TrainRun:
         start: the step the run starts from, and the resumed counters.
         init_report: what ``model.init`` loaded, carried over and left fresh (a new run
             started from pretrained weights; None otherwise).
+        threads: the CPU thread count's governor, started (None on CUDA).
     """
 
     cfg: TrainConfig
@@ -108,6 +110,7 @@ class TrainRun:
     metrics: MetricsWriter
     start: StartPoint
     init_report: InitReport | None = None
+    threads: ThreadGovernor | None = None
 
     def close(self) -> None:
         """Closes the metrics writer and leaves the process group (if we created it)."""
@@ -210,10 +213,16 @@ def _build(cfg: TrainConfig, info: DistInfo, resume: bool) -> TrainRun:
             init_report.write(run_dir)
     if init_report is not None:
         logger.info("%s", init_report.table().rstrip())
+    threads = None
+    if device.type == "cpu":
+        threads = ThreadGovernor(requested=cfg.runtime.threads)
+        threads.start()
     logger.info(
         f"training {cfg.model.preset} ({categories.num_categories} classes) on "
         f"{len(train_set)} images, {cfg.data.batch_size} per step over {info.world_size} "
-        f"process(es), lr {cfg.lr:.4g}, {device}, {precision}, "
+        f"process(es), lr {cfg.lr:.4g}, {device}"
+        + (f" ({threads.choice.describe()})" if threads and threads.choice else "")
+        + f", {precision}, "
         f"steps {start.iteration}..{scheduler.plan.max_iter}"
         + (
             " at most, fitted to the time budget"
@@ -240,6 +249,7 @@ def _build(cfg: TrainConfig, info: DistInfo, resume: bool) -> TrainRun:
         metrics=metrics,
         start=start,
         init_report=init_report,
+        threads=threads,
     )
 
 

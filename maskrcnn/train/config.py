@@ -264,6 +264,10 @@ class RuntimeConfig:
             out the run stops cleanly anyway (checkpoint, evaluation, final model). None: no
             budget.
         max_nonfinite: consecutive non-finite losses that stop the run.
+        threads: torch's CPU thread count. None: ``OMP_NUM_THREADS`` if set, else one per
+            core not busy elsewhere, measured at start-up and every 20 s
+            (:mod:`maskrcnn.train.threads`), so that a process holding a core does not stall
+            every step; a fixed count keeps runs bit-identical across machines' loads.
     """
 
     device: str = "auto"
@@ -272,6 +276,7 @@ class RuntimeConfig:
     sync_bn: bool = False
     max_minutes: float | None = None
     max_nonfinite: int = 10
+    threads: int | None = None
 
     def __post_init__(self) -> None:
         check = _Check(self, "runtime")
@@ -283,6 +288,7 @@ class RuntimeConfig:
         check.bools("sync_bn")
         check.numbers("max_minutes", positive=True, optional=True)
         check.ints("max_nonfinite", minimum=1)
+        check.ints("threads", minimum=1, optional=True)
 
 
 _SECTIONS: dict[str, type] = {

@@ -47,10 +47,12 @@ from maskrcnn.train.hooks.final_model import FINAL_MODEL, FinalModelHook
 from maskrcnn.train.hooks.metrics import MetricsHook
 from maskrcnn.train.hooks.nonfinite import NonFiniteHook, NonFiniteLossError
 from maskrcnn.train.hooks.progress import ProgressHook
+from maskrcnn.train.hooks.threads import ThreadsHook
 from maskrcnn.train.schedule import StepPlan
 from maskrcnn.train.seeding import seed_step
 from maskrcnn.train.signals import StopSignals
 from maskrcnn.train.step import StepRunner
+from maskrcnn.train.threads import ThreadChoice
 
 __all__ = [
     "FINAL_MODEL",
@@ -167,11 +169,18 @@ class Trainer:
             self.budget_hook,
             CurvesHook(run.metrics.path, run.run_dir / CURVES, enabled=main),
         ]
+        if run.threads is not None:
+            self.hooks.append(ThreadsHook(run.threads, record=self._record_threads))
 
     def _record_plan(self, plan: StepPlan, why: dict[str, float]) -> None:
         step = plan.revisions[-1][0] if plan.revisions else self.loop.iteration
         row = {"type": "plan", "iter": step, **why}
         row.update(plan.to_dict())
+        self.setup.metrics.write(row)
+
+    def _record_threads(self, step: int, choice: ThreadChoice) -> None:
+        row = {"type": "threads", "iter": step, "threads": choice.threads}
+        row["busy_elsewhere"] = choice.busy_elsewhere or 0.0
         self.setup.metrics.write(row)
 
     @property

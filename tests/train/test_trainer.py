@@ -286,6 +286,7 @@ def test_hooks_are_called_in_the_documented_order(
         "EvalHook",
         "BudgetHook",
         "CurvesHook",
+        "ThreadsHook",  # on the CPU
     ]
 
     _nan_on(1, monkeypatch)  # every step fails: after_train still runs, told why

@@ -13,6 +13,7 @@ from maskrcnn.train.hooks.final_model import FinalModelHook
 from maskrcnn.train.hooks.metrics import MetricsHook
 from maskrcnn.train.hooks.nonfinite import NonFiniteHook, NonFiniteLossError
 from maskrcnn.train.hooks.progress import ProgressHook
+from maskrcnn.train.hooks.threads import ThreadsHook
 
 __all__ = [
     "BudgetHook",
@@ -28,4 +29,5 @@ __all__ = [
     "NonFiniteLossError",
     "ProgressHook",
     "StopReason",
+    "ThreadsHook",
 ]

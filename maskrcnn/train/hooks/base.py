@@ -18,7 +18,8 @@ it and may raise to stop the run (e.g. the non-finite streak's
 that a hook can be tested with a hand-made :class:`LoopState`.
 
 The trainer's list (``Trainer.hooks``) is, in this order: progress bar, non-finite streak,
-metrics rows, checkpoints, final model, evaluation, time budget, curves. So a step's
+metrics rows, checkpoints, final model, evaluation, time budget, curves, and on the CPU the
+thread count (:class:`~maskrcnn.train.hooks.threads.ThreadsHook`). So a step's
 checkpoint is taken before its evaluation, a diverging step raises before it is logged, the
 time budget's step count (:class:`~maskrcnn.train.hooks.budget.BudgetHook`, which may change
 ``LoopState.max_iter``) is revised once the step's checkpoint and evaluation took their time,
