@@ -59,6 +59,12 @@ def test_zero_detections_give_zero_ap(tiny_coco, tmp_path):
     )
     assert result.bbox.ap == 0.0 and result.segm.ap == 0.0 and result.num_detections == 0
     assert json.loads((tmp_path / "results.json").read_text()) == []
+    timing = json.loads((tmp_path / "metrics.json").read_text(), parse_constant=_refuse)["timing"]
+    assert timing["cocoeval_seconds"] == {} and timing["cocoeval_images_per_second"] is None
+
+
+def _refuse(name: str) -> None:
+    raise ValueError(f"metrics.json holds {name}, which is not JSON")
 
 
 def test_masks_are_pasted_and_encoded_one_at_a_time(tiny_coco, monkeypatch):
@@ -87,6 +93,7 @@ def test_fake_world_of_two_gathers_to_the_same_result(tiny_coco):
     assert merged.image_ids == [1, 2, 3]
     assert merged.detections == merge_shards([whole]).detections
     assert run_cocoeval(source.coco, merged) == run_cocoeval(source.coco, whole)
+    assert merged.inference_seconds == max(s.inference_seconds for s in shards) > 0
     with pytest.raises(ValueError, match="overlap"):
         merge_shards([shards[0], shards[0]])
 
@@ -156,9 +163,21 @@ def test_eval_command_with_a_real_model(tiny_model, tiny_coco, tmp_path, capsys)
     argv = ["eval", "--weights", str(weights), "--ann", str(ann), "--images", str(images)]
     args = parser.parse_args([*argv, "--out", str(out), "--max-images", "2"])
     assert args.func(args) == 0
-    assert "| segm |" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "| segm |" in printed
+    assert "inference: 2 images in " in printed and "COCOeval (faster): " in printed
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["num_images"] == 2 and metrics["num_detections"] > 0
+    timing = metrics["timing"]
+    assert timing["num_images"] == 2 and timing["cocoeval_backend"] == "faster"
+    assert set(timing["cocoeval_seconds"]) == {"ground_truth", "bbox", "segm"}
+    assert timing["inference_seconds"] > 0 and timing["cocoeval_images_per_second"] > 0
+    args = parser.parse_args([*argv, "--out", str(out), "--coco-backend", "pycocotools"])
+    assert args.func(args) == 0
+    assert "COCOeval (pycocotools): " in capsys.readouterr().out
+    again = json.loads((out / "metrics.json").read_text())
+    assert again["timing"]["cocoeval_backend"] == "pycocotools"
+    assert set(again["timing"]["cocoeval_seconds"]) == {"bbox", "segm"}
     COCO(str(ann)).loadRes(str(out / "results.json"))
 
     data = json.loads(Path(ann).read_text())
