@@ -54,6 +54,8 @@ SPEC = "spec.json"
 RESULT = "result.json"
 RUN_LOG = "log.txt"
 FINAL_MODEL = "model_final.safetensors"
+# The worker's exit code when its run was interrupted (SIGINT/SIGTERM) and left no result.
+INTERRUPTED_EXIT = 130
 
 # The default data: 128x128 shapes, objects of ~10 to ~64 pixels (see default_data()).
 DEFAULT_TRAIN_IMAGES = 1000
@@ -251,7 +253,8 @@ def run_one(folder: str | Path, *, keep_checkpoints: bool = False) -> RunRecord:
     folder = Path(folder)
     try:
         spec = json.loads((folder / SPEC).read_text())
-        cfg = TrainConfig.from_dict(spec["train_config"])
+        # The run trains in its folder, wherever the sweep's folder is now (moved or copied).
+        cfg = TrainConfig.from_dict(spec["train_config"]).with_values({"out_dir": str(folder)})
         record = _train_or_complete(folder, cfg, float(spec["minutes"]))
     except Exception as err:  # a failing variant is reported, the sweep goes on
         logger.error("run %s failed: %s", folder, err)
@@ -397,13 +400,19 @@ def _summary(record: RunRecord) -> str:
 
 
 def _parallel(todo: list[PlannedRun], settings: SweepSettings, say: Callable[[str], None]) -> bool:
-    """Runs ``todo`` in worker subprocesses, ``settings.parallel`` at a time, one core each."""
+    """Runs ``todo`` in worker subprocesses, ``settings.parallel`` at a time, one core each.
+
+    A worker that exits without a result is failed, unless its run was interrupted (exit code
+    :data:`INTERRUPTED_EXIT`): that run is left to resume, no new runs start, and the sweep
+    returns interrupted (True) once the running ones end.
+    """
     cores = sorted(os.sched_getaffinity(0))
     slots = [cores[i % len(cores)] for i in range(settings.parallel)]
     queue = list(todo)
     running: dict[int, tuple[subprocess.Popen[bytes], PlannedRun, Any]] = {}
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     done = 0
+    interrupted = False
     try:
         while queue or running:
             for slot, core in enumerate(slots):
@@ -430,7 +439,13 @@ def _parallel(todo: list[PlannedRun], settings: SweepSettings, say: Callable[[st
                 done += 1
                 folder = run.folder(settings.out)
                 record = read_result(folder)
-                if record.status == "pending" and code != 0:
+                if record.status == "pending" and code == INTERRUPTED_EXIT:
+                    # SIGINT/SIGTERM: the trainer checkpointed; the next sweep resumes the run.
+                    # The runs under way finish, no new ones start.
+                    record = RunRecord(folder, "interrupted")
+                    interrupted = True
+                    queue.clear()
+                elif record.status == "pending":  # a crash (or kill) before any result
                     data = {
                         "status": "failed",
                         "error": f"worker exited with code {code}; see {folder / RUN_LOG}",
@@ -438,8 +453,6 @@ def _parallel(todo: list[PlannedRun], settings: SweepSettings, say: Callable[[st
                     _write_json(folder / RESULT, data)
                     record = RunRecord(folder, "failed", data)
                 say(f"[{done}/{len(todo)}] {run.run_name} seed {run.seed}: {_summary(record)}")
-                if record.status == "pending":  # the worker was interrupted (SIGINT/SIGTERM)
-                    return True
     except KeyboardInterrupt:
         for proc, _, _log in running.values():
             proc.terminate()  # SIGTERM: the trainer checkpoints and stops cleanly
@@ -447,7 +460,7 @@ def _parallel(todo: list[PlannedRun], settings: SweepSettings, say: Callable[[st
             proc.wait()
             log.close()
         return True
-    return False
+    return interrupted
 
 
 def default_data(out: str | Path, say: Callable[[str], None] = print) -> DataPaths:

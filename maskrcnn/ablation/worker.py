@@ -45,11 +45,11 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(1)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    from maskrcnn.ablation.sweep import run_one
+    from maskrcnn.ablation.sweep import INTERRUPTED_EXIT, run_one
 
     record = run_one(args.run_dir, keep_checkpoints=args.keep_checkpoints)
     print(f"{args.run_dir}: {record.status}", flush=True)
-    return 130 if record.status == "interrupted" else 0
+    return INTERRUPTED_EXIT if record.status == "interrupted" else 0
 
 
 if __name__ == "__main__":
