@@ -3,10 +3,10 @@
 torch's CPU kernels run on OpenMP (GNU libgomp), whose threads spin a while at every barrier
 before they sleep. With as many threads as cores and another process holding one core, every
 parallel region waits for the thread that shares its core with that process: measured on two
-cores (``benchmarks/contention.py``), a demo training step took 5.9x its idle time beside one
-busy process, against 1.7x with one thread. Sleeping at once (``OMP_WAIT_POLICY=PASSIVE``)
-costs 30% when idle and still 3.7x beside the busy process, so the wait policy stays libgomp's
-default and the thread count follows the idle cores instead:
+cores (``benchmarks/contention.py``), a demo training step took 4.3x its idle time beside one
+busy process (7.1x when it arrived mid-run), against 1.8x with one thread. Sleeping at once
+(``OMP_WAIT_POLICY=PASSIVE``) costs 32% when idle and still 3.5x beside the busy process, so
+the wait policy stays libgomp's default and the thread count follows the idle cores instead:
 
 - at start-up, :meth:`ThreadGovernor.start` samples the cores this process may run on
   (``os.sched_getaffinity``) for a moment and uses one thread per core not busy elsewhere;
