@@ -145,6 +145,12 @@ def markdown(
     lines.append("")
     if data_note:
         lines += [f"Data: {data_note}", ""]
+    if settings.backbone is not None:
+        lines += [
+            f"Every run's ResNet starts from {settings.backbone} (the paper's start from "
+            "ImageNet weights); the heads start fresh.",
+            "",
+        ]
     lines.append("Stand-in models (said plainly: not the paper's ResNet-50s):")
     lines.append("")
     for name in backbones:

@@ -108,6 +108,9 @@ class SweepSettings:
         retry_failed: rerun runs that failed before.
         keep_checkpoints: keep ``last.ckpt`` of finished runs (default: removed, the final
             model and the evaluation stay).
+        backbone: pretrained weights every run's ResNet starts from (``model.imagenet``: a
+            torchvision ResNet file, a published ImageNet name, or one of our FPN detectors'
+            model files, whose ResNet is taken); None: from scratch.
     """
 
     out: str
@@ -125,6 +128,7 @@ class SweepSettings:
     parallel: int = 1
     retry_failed: bool = False
     keep_checkpoints: bool = False
+    backbone: str | None = None
 
     def __post_init__(self) -> None:
         if not self.minutes_per_run > 0:
@@ -179,7 +183,11 @@ def train_config(run: PlannedRun, settings: SweepSettings) -> TrainConfig:
             num_workers=0,  # 128x128 PNGs decode in microseconds; no second process per run
         ),
         out_dir=str(run.folder(settings.out)),
-        model=ModelSpec(preset=run.variant.preset, overrides=run.variant.model_overrides),
+        model=ModelSpec(
+            preset=run.variant.preset,
+            overrides=run.variant.model_overrides,
+            imagenet=settings.backbone,
+        ),
         optim=OptimConfig(
             kind=settings.optimizer,  # type: ignore[arg-type]
             base_lr=settings.lr,

@@ -52,6 +52,7 @@ def _cmd_ablate(args: argparse.Namespace) -> int:
         parallel=args.parallel,
         retry_failed=args.retry_failed,
         keep_checkpoints=args.keep_checkpoints,
+        backbone=args.backbone,
     )
     minutes = None
     if args.report_only:
@@ -101,6 +102,11 @@ def add_ablate_command(subparsers: Any) -> None:
     )
     p.add_argument(
         "--parallel", type=int, default=1, help="runs at a time, each pinned to one core"
+    )
+    p.add_argument(
+        "--backbone",
+        help="pretrained ResNet every run starts from: a torchvision ResNet file, an ImageNet "
+        "name (resnet18_imagenet) or one of our FPN model files (default: from scratch)",
     )
     p.add_argument("--retry-failed", action="store_true", help="rerun runs that failed")
     p.add_argument(

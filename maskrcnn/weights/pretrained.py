@@ -206,16 +206,71 @@ def _from_state_dict(state: Mapping[str, Any], source: str, **kwargs: Any) -> Ma
     raise ValueError(f"{source}: not a recognised Mask R-CNN checkpoint (keys {sorted(keys)[:5]})")
 
 
-def load_imagenet_backbone(model: MaskRCNN, name_or_path: str | Path) -> MaskRCNN:
-    """Initialises ``model``'s ResNet from torchvision ImageNet weights; returns ``model``.
+_DETECTOR_RESNET = "backbone.bottom_up."
 
-    The FPN design fills ``backbone.bottom_up``; the C4 design fills ``backbone`` (stem to
-    res4) and the res5 shared head from ``layer4``. Only the backbone changes.
+
+def _detector_resnet(state: Mapping[str, Tensor]) -> dict[str, Tensor] | None:
+    """The ResNet of one of our FPN detectors' state dicts, under our names; None if none."""
+    if not any(key.startswith(_DETECTOR_RESNET) for key in state):
+        return None
+    n = len(_DETECTOR_RESNET)
+    return {key[n:]: value for key, value in state.items() if key.startswith(_DETECTOR_RESNET)}
+
+
+def _load_own_resnet(model: MaskRCNN, state: Mapping[str, Tensor], *, source: str) -> None:
+    """Loads our own ResNet's tensors into ``model``'s (and a C4 model's res5 head).
+
+    Stages the model's ResNet lacks (res5 of a res4-only one) are left out; everything else
+    must fit, which is checked before anything is loaded.
+    """
+    targets: list[tuple[torch.nn.Module, dict[str, Tensor]]] = []
+    if model.cfg.head == "fpn":
+        bottom_up = model.backbone.bottom_up
+        assert isinstance(bottom_up, torch.nn.Module)
+        targets.append((bottom_up, dict(state)))
+    else:
+        targets.append((model.backbone, dict(state)))
+        shared_head = model.roi_heads.shared_head
+        if model.cfg.head == "c4" and shared_head is not None:
+            res5 = {k.removeprefix("res5."): v for k, v in state.items() if k.startswith("res5.")}
+            targets.append((shared_head, res5))
+    checked: list[tuple[torch.nn.Module, dict[str, Tensor]]] = []
+    for module, tensors in targets:
+        own = module.state_dict()
+        stages = {key.split(".")[0] for key in own}
+        kept = {
+            k: v
+            for k, v in tensors.items()
+            if k.split(".")[0] in stages
+            and not (k.endswith("num_batches_tracked") and k not in own)
+        }  # FrozenBN keeps no num_batches_tracked
+        missing = [k for k in own if k not in kept]
+        unexpected = [k for k in kept if k not in own]
+        shapes = [k for k, v in kept.items() if k in own and v.shape != own[k].shape]
+        if missing or unexpected or shapes:
+            raise ValueError(
+                f"{source} does not fit the model's ResNet: missing {missing[:8]}, unexpected "
+                f"{unexpected[:8]}, other shapes {shapes[:8]}"
+            )
+        checked.append((module, kept))
+    for module, kept in checked:
+        load_exact(module, kept, source=source)
+
+
+def load_imagenet_backbone(model: MaskRCNN, name_or_path: str | Path) -> MaskRCNN:
+    """Initialises ``model``'s ResNet from pretrained weights; returns ``model``.
+
+    The FPN design fills ``backbone.bottom_up``; the single-level designs (``c5``, ``c4_fc``)
+    fill ``backbone`` (a res4-only ResNet leaves the source's res5 out); the C4 design fills
+    ``backbone`` (stem to res4) and the res5 shared head from ``layer4``. Only the backbone
+    changes.
 
     Args:
         model: a built model whose ResNet has the checkpoint's depth and width.
-        name_or_path: one of :data:`BACKBONE_NAMES`, or a local torchvision ResNet state dict
-            (``.pth`` or ``.safetensors``).
+        name_or_path: one of :data:`BACKBONE_NAMES`, a local torchvision ResNet state dict
+            (``.pth`` or ``.safetensors``), or one of our FPN detectors' model files, whose
+            ``backbone.bottom_up`` ResNet is taken (e.g. to start the ablation's single-level
+            stand-ins from the demo's trained backbone).
 
     Raises:
         ValueError: an unknown name, or weights that do not fit (nothing is loaded then).
@@ -234,17 +289,23 @@ def load_imagenet_backbone(model: MaskRCNN, name_or_path: str | Path) -> MaskRCN
             f"unknown backbone {name!r}; choose one of {list(BACKBONE_NAMES)} or a path"
         )
     cfg = model.cfg
+    own_names = _detector_resnet(state)
+    if own_names is not None:
+        _load_own_resnet(model, own_names, source=f"{name}: backbone.bottom_up")
+        return model
     if cfg.backbone.stride_in_1x1 or cfg.input.channel_order != "RGB" or cfg.input.pixel_scale != 1:
         warnings.warn(
             "torchvision's ImageNet ResNets expect stride_in_1x1=False and RGB input in [0, 1] "
             "with ImageNet mean/std; this model's configuration differs",
             stacklevel=2,
         )
-    if cfg.head == "fpn":
-        bottom_up = model.backbone.bottom_up
-        if not isinstance(bottom_up, ResNet):
-            raise TypeError(f"model.backbone.bottom_up: expected a ResNet, got {bottom_up!r}")
-        load_torchvision_resnet(bottom_up, state)
+    if cfg.head in ("fpn", "c5", "c4_fc"):
+        resnet = model.backbone.bottom_up if cfg.head == "fpn" else model.backbone
+        if not isinstance(resnet, ResNet):
+            raise TypeError(f"the model's backbone: expected a ResNet, got {resnet!r}")
+        if cfg.head == "c4_fc":  # stem to res4 only
+            state = {k: v for k, v in state.items() if not k.startswith("layer4.")}
+        load_torchvision_resnet(resnet, state)
         return model
     backbone, shared_head = model.backbone, model.roi_heads.shared_head
     if not isinstance(backbone, ResNet) or shared_head is None:

@@ -187,3 +187,80 @@ def test_native_file_names_and_errors(tmp_path, tv_resnet18_state):
     torch.save(model.state_dict(), tmp_path / "bare.pth")
     with pytest.raises(ValueError, match="without its configuration"):
         from_pretrained(tmp_path / "bare.pth")
+
+
+def _single_level(head: str, num_classes: int):
+    cfg = r18_fpn(num_classes)
+    anchors = dataclasses.replace(cfg.anchors, sizes=((32.0, 64.0, 128.0),))
+    return cfg.replace(head=head, anchors=anchors)
+
+
+def test_single_level_designs_take_a_torchvision_resnet(tmp_path, tv_resnet18_state):
+    """c5 (res5, stride 32) takes the whole ResNet; c4_fc (res4 only) leaves layer4 out."""
+    path = tmp_path / "resnet18.pth"
+    torch.save(tv_resnet18_state, path)
+    for head, stages in (("c5", 5), ("c4_fc", 4)):
+        model = build_model(_single_level(head, 3))
+        load_imagenet_backbone(model, path)
+        ours = model.state_dict()
+        checked = 0
+        for key, value in tv_resnet18_state.items():
+            new = torchvision_resnet_key(key)
+            if new is None or (stages == 4 and key.startswith("layer4.")):
+                continue
+            if new.endswith("num_batches_tracked") and "backbone." + new not in ours:
+                continue  # FrozenBN
+            assert torch.equal(ours["backbone." + new], value), (head, key)
+            checked += 1
+        assert checked > 50
+        assert not any(k.startswith("backbone.res5.") for k in ours) or stages == 5
+
+
+def test_a_backbone_from_one_of_our_fpn_models(tmp_path):
+    """Our FPN model file's backbone.bottom_up goes into an FPN, c5, c4_fc or C4 model's ResNet;
+    nothing else of the source is taken."""
+    torch.manual_seed(0)
+    source = build_model(r18_fpn(3))
+    randomize_(source, seed=1)
+    path = save_model(source, tmp_path / "fpn.safetensors")
+    bottom_up = {k: v for k, v in source.backbone.bottom_up.state_dict().items()}
+    c4_cfg = r50_c4(3)
+    c4_cfg = c4_cfg.replace(backbone=dataclasses.replace(c4_cfg.backbone, depth=18))
+    targets = {
+        "fpn": r18_fpn(5),
+        "c5": _single_level("c5", 5),
+        "c4_fc": _single_level("c4_fc", 5),
+        "c4": c4_cfg,
+    }
+    for design, cfg in targets.items():
+        torch.manual_seed(1)
+        model = build_model(cfg)
+        predictor = model.roi_heads.box_predictor.cls_score.weight.clone()
+        load_imagenet_backbone(model, path)
+        ours = model.state_dict()
+        prefix = "backbone.bottom_up." if design == "fpn" else "backbone."
+        loaded = 0
+        for key, value in bottom_up.items():
+            if design == "c4" and key.startswith("res5."):
+                name = "roi_heads.shared_head." + key.removeprefix("res5.")
+            elif design == "c4_fc" and key.startswith("res5."):
+                assert prefix + key not in ours
+                continue
+            else:
+                name = prefix + key
+            if key.endswith("num_batches_tracked") and name not in ours:
+                continue  # FrozenBN
+            assert torch.equal(ours[name], value), (design, key)
+            loaded += 1
+        assert loaded > 50
+        assert torch.equal(model.roi_heads.box_predictor.cls_score.weight, predictor)
+
+
+def test_an_fpn_model_whose_resnet_does_not_fit_is_refused(tmp_path):
+    source = build_model(r18_fpn(3))
+    path = save_model(source, tmp_path / "fpn.safetensors")
+    model = build_model(preset("r50_fpn", 3))
+    before = model.backbone.bottom_up.stem.conv1.conv.weight.clone()
+    with pytest.raises(ValueError, match="does not fit the model's ResNet"):
+        load_imagenet_backbone(model, path)
+    assert torch.equal(model.backbone.bottom_up.stem.conv1.conv.weight, before)
