@@ -11,7 +11,8 @@ reset before the model's steps; it includes autograd's saved tensors).
 
 Differences from ours that torchvision cannot match on the demo model: its FPN and box head keep
 fixed widths (256 channels, 1024-wide FC layers; ours 128 / 512) and its RoIAlign is the
-legacy unaligned one.
+legacy unaligned one. On R50-FPN both freeze the stem and res2 and use frozen BatchNorm (the
+paper's fine-tuning from ImageNet weights).
 
     python benchmarks/training.py --model demo --precision bf16 --reps 5
     python benchmarks/training.py --model r50 --batch 2 --precision fp32 --reps 3
@@ -28,7 +29,9 @@ import torch
 from demo_vs_torchvision import build_reference
 from inference import StageTimer, matmul_rate, our_stages, peak_rss_mb, reset_peak_rss
 from torch import nn
-from torchvision.models.detection import maskrcnn_resnet50_fpn
+from torchvision.models.detection import MaskRCNN
+from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
+from torchvision.ops.misc import FrozenBatchNorm2d
 
 from maskrcnn import build_model, preset
 from maskrcnn.config import override
@@ -49,7 +52,13 @@ def build_ours(kind: str) -> nn.Module:
 def build_torchvision(kind: str) -> nn.Module:
     if kind == "demo":  # the demo's settings, as the demo-vs-torchvision comparison builds them
         return build_reference(NUM_CLASSES)
-    return maskrcnn_resnet50_fpn(weights=None, weights_backbone=None, num_classes=NUM_CLASSES)
+    # maskrcnn_resnet50_fpn(weights=None, weights_backbone=None) would train every layer with
+    # live BatchNorm; the paper's settings (and torchvision's own, from ImageNet weights) freeze
+    # the stem and res2 and use frozen BatchNorm, as our r50_fpn does.
+    backbone = resnet_fpn_backbone(
+        backbone_name="resnet50", weights=None, norm_layer=FrozenBatchNorm2d, trainable_layers=3
+    )
+    return MaskRCNN(backbone, num_classes=NUM_CLASSES)
 
 
 def stages_ours(model: nn.Module) -> dict[str, list[nn.Module]]:

@@ -97,7 +97,8 @@ class MaskRCNN(nn.Module):
             scalars whose sum is the model's loss.
         """
         batch = self.preprocessor(images, resize=False)
-        rpn_levels, roi_levels = self._levels(self.backbone(batch.tensor))
+        pixels = batch.tensor.contiguous(memory_format=torch.channels_last)
+        rpn_levels, roi_levels = self._levels(self.backbone(pixels))
         rpn_out = self.rpn(batch, rpn_levels, params=self.rpn.train_params)
         rpn_losses = self.rpn.losses(rpn_out, [gt.boxes for gt in gt_instances])
         roi_losses = self.roi_heads.losses(roi_levels, rpn_out.proposals, gt_instances)

@@ -82,3 +82,27 @@ def test_predict_thresholds_and_restores_the_mode(model):
     assert model.training
     assert result.masks.dtype == torch.bool and result.masks.shape == (len(result), 48, 64)
     assert len(result.category_names) == len(result)
+
+
+def test_training_and_detection_feed_the_backbone_channels_last_pixels(model):
+    """oneDNN's convolutions run channels-last; NCHW pixels in training cost 2.4x on R50's step."""
+    formats = []
+    handle = model.backbone.register_forward_pre_hook(
+        lambda module, args: formats.append(
+            args[0].is_contiguous(memory_format=torch.channels_last)
+        )
+    )
+    image = _image()
+    masks = torch.zeros(1, 48, 64, dtype=torch.uint8)
+    masks[0, 10:30, 8:40] = 1
+    target = {"boxes": torch.tensor([[8.0, 10.0, 40.0, 30.0]]), "labels": torch.tensor([1])}
+    try:
+        model.train()
+        sum(model([image], [{**target, "masks": masks}]).values()).backward()
+        model.eval()
+        with torch.inference_mode():
+            model([image])
+    finally:
+        handle.remove()
+        model.zero_grad(set_to_none=True)
+    assert formats == [True, True]
