@@ -12,11 +12,12 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torchvision.ops import batched_nms, clip_boxes_to_image, remove_small_boxes
+from torchvision.ops import clip_boxes_to_image, remove_small_boxes
 
 from maskrcnn.config import BoxHeadConfig
 from maskrcnn.modeling.layers import conv_stack, linear_relu
 from maskrcnn.ops.boxes import decode_boxes
+from maskrcnn.ops.nms import batched_nms_topk
 
 
 class BoxHead(nn.Module):
@@ -113,6 +114,6 @@ def detect_boxes(
         boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
         keep = remove_small_boxes(boxes, cfg.min_box_size)
         boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
-        keep = batched_nms(boxes, scores, labels, cfg.nms_thresh)[: cfg.detections_per_image]
+        keep = batched_nms_topk(boxes, scores, labels, cfg.nms_thresh, cfg.detections_per_image)
         results.append(Detections(boxes=boxes[keep], scores=scores[keep], labels=labels[keep]))
     return results

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
-from torchvision.ops import batched_nms, clip_boxes_to_image, remove_small_boxes
+from torchvision.ops import clip_boxes_to_image, remove_small_boxes
 
 from maskrcnn.config import NormKind, RPNConfig
 from maskrcnn.modeling.anchors import AnchorGenerator
@@ -20,6 +20,7 @@ from maskrcnn.modeling.layers import conv_stack
 from maskrcnn.modeling.losses import rpn_losses
 from maskrcnn.modeling.sampling import label_anchors, sample_balanced
 from maskrcnn.ops.boxes import decode_boxes, encode_boxes
+from maskrcnn.ops.nms import batched_nms_topk
 from maskrcnn.structures import ImageList
 
 
@@ -119,7 +120,7 @@ def select_proposals(
         boxes, scores, levels = boxes[keep], scores[keep], levels[keep]
         keep = torch.where(scores >= params.score_thresh)[0]
         boxes, scores, levels = boxes[keep], scores[keep], levels[keep]
-        keep = batched_nms(boxes, scores, levels, params.nms_thresh)[: params.post_nms_topk]
+        keep = batched_nms_topk(boxes, scores, levels, params.nms_thresh, params.post_nms_topk)
         proposals.append(boxes[keep])
         proposal_scores.append(scores[keep])
     return proposals, proposal_scores
