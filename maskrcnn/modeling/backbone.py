@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from maskrcnn.config import BackboneConfig, NormKind
-from maskrcnn.modeling.layers import ConvNorm, freeze
+from maskrcnn.modeling.layers import ConvNorm, conv_relu, freeze
 
 BlockKind = Literal["basic", "bottleneck"]
 
@@ -81,13 +81,16 @@ class BlockSpec:
         return self.conv(self.in_channels, self.out_channels, kernel_size=1, stride=self.stride)
 
 
-def _add_shortcut(out: Tensor, x: Tensor, shortcut: ConvNorm | None) -> Tensor:
-    """``relu(out + shortcut(x))`` (identity shortcut when None), adding into ``out`` in place.
+def _last_conv_and_shortcut(
+    last: ConvNorm, out: Tensor, x: Tensor, shortcut: ConvNorm | None
+) -> Tensor:
+    """``relu(last(out) + shortcut(x))`` (identity shortcut when None), one fused op in inference.
 
-    out: [N, C_out, H', W'] residual branch; x: [N, C_in, H, W] block input -> [N, C_out, H', W'].
+    out: [N, C, H', W'] residual branch before its last conv; x: [N, C_in, H, W] block input
+    -> [N, C_out, H', W'].
     """
     identity = x if shortcut is None else shortcut(x)
-    return F.relu(out.add_(identity), inplace=True)
+    return conv_relu(out, last, residual=identity)
 
 
 class BasicBlock(nn.Module):
@@ -108,8 +111,8 @@ class BasicBlock(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """x: [N, C_in, H, W] -> [N, C_out, H / stride, W / stride] (rounded up)."""
-        out = F.relu(self.conv1(x), inplace=True)
-        return _add_shortcut(self.conv2(out), x, self.shortcut)
+        out = conv_relu(x, self.conv1)
+        return _last_conv_and_shortcut(self.conv2, out, x, self.shortcut)
 
 
 class Bottleneck(nn.Module):
@@ -130,9 +133,9 @@ class Bottleneck(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """x: [N, C_in, H, W] -> [N, C_out, H / stride, W / stride] (rounded up)."""
-        out = F.relu(self.conv1(x), inplace=True)
-        out = F.relu(self.conv2(out), inplace=True)
-        return _add_shortcut(self.conv3(out), x, self.shortcut)
+        out = conv_relu(x, self.conv1)
+        out = conv_relu(out, self.conv2)
+        return _last_conv_and_shortcut(self.conv3, out, x, self.shortcut)
 
 
 def make_stage(
@@ -237,7 +240,7 @@ class Stem(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """x: [N, 3, H, W] -> [N, 64, ceil(H / 4), ceil(W / 4)]."""
-        x = F.relu(self.conv1(x), inplace=True)
+        x = conv_relu(x, self.conv1)
         return F.max_pool2d(x, kernel_size=3, stride=2, padding=1)
 
 

@@ -15,7 +15,7 @@ from torch import Tensor, nn
 from torchvision.ops import clip_boxes_to_image, remove_small_boxes
 
 from maskrcnn.config import BoxHeadConfig
-from maskrcnn.modeling.layers import conv_stack, linear_relu
+from maskrcnn.modeling.layers import conv_relu, conv_stack, linear_relu
 from maskrcnn.ops.boxes import decode_boxes
 from maskrcnn.ops.nms import batched_nms_topk
 
@@ -45,7 +45,7 @@ class BoxHead(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         """x: [K, C, S, S] pooled features -> [K, out_features]."""
         for conv in self.convs:
-            x = F.relu(conv(x), inplace=True)
+            x = conv_relu(x, conv)
         x = x.flatten(1)
         for fc in self.fcs:
             assert isinstance(fc, nn.Linear)  # for the type checker: a ModuleList yields Modules

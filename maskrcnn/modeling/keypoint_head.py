@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from maskrcnn.config import KeypointHeadConfig
-from maskrcnn.modeling.layers import conv_stack
+from maskrcnn.modeling.layers import conv_relu, conv_stack
 
 
 class KeypointHead(nn.Module):
@@ -37,7 +37,7 @@ class KeypointHead(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         """x: [R, C, S, S] -> heatmap logits [R, K, 4S, 4S]."""
         for conv in self.convs:
-            x = F.relu(conv(x), inplace=True)
+            x = conv_relu(x, conv)
         x = self.predictor(x)
         return F.interpolate(x, scale_factor=2.0, mode="bilinear", align_corners=False)
 

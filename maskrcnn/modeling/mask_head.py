@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from maskrcnn.config import MaskHeadConfig, MaskLossKind
-from maskrcnn.modeling.layers import conv_stack
+from maskrcnn.modeling.layers import conv_relu, conv_stack
 
 
 class MaskFCNHead(nn.Module):
@@ -48,7 +48,7 @@ class MaskFCNHead(nn.Module):
         # Channels-last convolutions run ~1.6x faster on CPU (oneDNN) for these 14x14 maps.
         x = x.contiguous(memory_format=torch.channels_last)
         for conv in self.convs:
-            x = F.relu(conv(x), inplace=True)
+            x = conv_relu(x, conv)
         x = F.relu(self.deconv(x), inplace=True)
         logits: Tensor = self.predictor(x)
         return logits

@@ -16,7 +16,7 @@ from torchvision.ops import clip_boxes_to_image, remove_small_boxes
 
 from maskrcnn.config import NormKind, RPNConfig
 from maskrcnn.modeling.anchors import AnchorGenerator
-from maskrcnn.modeling.layers import conv_stack
+from maskrcnn.modeling.layers import conv_relu, conv_stack
 from maskrcnn.modeling.losses import rpn_losses
 from maskrcnn.modeling.sampling import label_anchors, sample_balanced
 from maskrcnn.ops.boxes import decode_boxes, encode_boxes
@@ -47,7 +47,7 @@ class RPNHead(nn.Module):
         objectness, deltas = [], []
         for x in features:
             for conv in self.convs:
-                x = torch.relu_(conv(x))
+                x = conv_relu(x, conv)
             objectness.append(self.objectness_logits(x))
             deltas.append(self.anchor_deltas(x))
         return objectness, deltas

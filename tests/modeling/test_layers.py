@@ -1,11 +1,13 @@
-"""Small layers: the fused inference linear and norm folding inside ConvNorm."""
+"""Small layers: the fused inference linear and convolution, norm folding inside ConvNorm."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 from torch import nn
 
-from maskrcnn.modeling.layers import ConvNorm, conv_stack, linear_relu
+from maskrcnn.modeling.layers import ConvNorm, _fused_conv_args, conv_relu, conv_stack, linear_relu
+from maskrcnn.modeling.precision import cpu_has_fast_bf16
 
 
 def test_linear_relu_equals_relu_of_linear_with_and_without_grad():
@@ -44,3 +46,89 @@ def test_conv_stack_maps_in_channels_to_out_channels():
     assert all(c.conv.kernel_size == (3, 3) and c.conv.padding == (1, 1) for c in convs)
     assert isinstance(convs[0].norm, nn.GroupNorm)
     assert conv_stack(8, num_convs=0, out_channels=16, norm="none") == []
+
+
+def _randomised(layer: ConvNorm) -> ConvNorm:
+    with torch.no_grad():
+        for name, buffer in layer.norm.named_buffers():
+            if name in ("weight", "running_var"):
+                buffer.uniform_(0.5, 1.5)
+            elif name in ("bias", "running_mean"):
+                buffer.normal_()
+        for p in layer.norm.parameters():
+            p.normal_()
+    return layer.eval()
+
+
+def _reference(x, layer, residual):
+    """relu(layer(x) + residual) in float64, the plain layers."""
+    out = layer.double()(x.double())
+    out = out if residual is None else out + residual.double()
+    layer.float()
+    return torch.relu(out)
+
+
+@pytest.mark.parametrize("norm", ["frozen_bn", "bn", "none"])
+@pytest.mark.parametrize("residual", [False, True])
+@pytest.mark.parametrize(
+    "kernel_size, stride, groups, channels_last",
+    [(3, 1, 1, True), (1, 2, 1, False), (3, 2, 4, True), (7, 2, 1, False)],
+)
+def test_conv_relu_fused_inference_equals_the_layers(
+    norm, residual, kernel_size, stride, groups, channels_last
+):
+    torch.manual_seed(0)
+    layer = _randomised(
+        ConvNorm(8, 16, kernel_size=kernel_size, stride=stride, groups=groups, norm=norm)
+    )
+    x = torch.randn(2, 8, 13, 10)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    out_hw = ((13 - 1) // stride + 1, (10 - 1) // stride + 1)
+    extra = torch.randn(2, 16, *out_hw) if residual else None
+    kept = None if extra is None else extra.clone()
+    with torch.no_grad():
+        assert _fused_conv_args(x, layer) is not None  # the oneDNN path is the one tested
+        want = _reference(x, layer, extra)
+        got = conv_relu(x, layer, residual=extra)
+    assert got.dtype == torch.float32 and got.shape == want.shape
+    torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-5)
+    if extra is not None:
+        assert torch.equal(extra, kept)  # the residual is read, never written
+
+
+def test_conv_relu_bf16_autocast_rounds_like_autocast():
+    if not cpu_has_fast_bf16():
+        pytest.skip("bf16 autocast is emulated (slow) on this CPU")
+    torch.manual_seed(0)
+    layer = _randomised(ConvNorm(32, 64, kernel_size=3, norm="frozen_bn"))
+    x = torch.randn(2, 32, 20, 20).contiguous(memory_format=torch.channels_last)
+    extra = torch.randn(2, 64, 20, 20).bfloat16()
+    with torch.no_grad():
+        want = _reference(x, layer, extra)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            assert _fused_conv_args(x, layer) is not None
+            got = conv_relu(x, layer, residual=extra)
+            plain = torch.relu(layer(x) + extra)
+    assert got.dtype == torch.bfloat16
+    # Fused, the sum is rounded to bf16 once; the plain layers round twice.
+    fused_error = (got.double() - want).abs().max()
+    plain_error = (plain.double() - want).abs().max()
+    assert fused_error <= plain_error * 1.01
+    torch.testing.assert_close(got.double(), want, rtol=2e-2, atol=2e-2)
+
+
+def test_conv_relu_trains_through_the_plain_layers():
+    torch.manual_seed(0)
+    layer = ConvNorm(4, 6, kernel_size=3, norm="none")
+    x = torch.randn(1, 4, 7, 7, requires_grad=True)
+    assert _fused_conv_args(x, layer) is None  # gradients on: no fused op
+    out = conv_relu(x, layer, residual=torch.randn(1, 6, 7, 7))
+    out.sum().backward()
+    assert x.grad is not None and layer.conv.weight.grad is not None
+    group_norm = _randomised(ConvNorm(4, 8, kernel_size=3, norm="gn", gn_groups=2))
+    with torch.no_grad():
+        assert _fused_conv_args(x, group_norm) is None  # GroupNorm does not fold
+        torch.testing.assert_close(
+            conv_relu(x, group_norm), torch.relu(group_norm(x)), rtol=0, atol=0
+        )
