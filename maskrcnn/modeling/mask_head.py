@@ -106,11 +106,17 @@ def mask_probs_for_labels(
         loss: "sigmoid" (per-class, independent) or "softmax" (competing classes).
 
     Returns:
-        [K, 1, H, W] probabilities in [0, 1].
+        [K, 1, H, W] probabilities in [0, 1], at least fp32.
     """
     if mask_logits.shape[1] == 1:
-        return mask_logits.sigmoid()
+        return _at_least_fp32(mask_logits).sigmoid()
     index = torch.arange(mask_logits.shape[0], device=labels.device)
     if loss == "softmax":
-        return F.softmax(mask_logits, dim=1)[index, labels][:, None]
-    return mask_logits[index, labels][:, None].sigmoid()
+        return F.softmax(_at_least_fp32(mask_logits), dim=1)[index, labels][:, None]
+    # The predicted class's channel first, then fp32: one class of 80-90 is cast, not all.
+    return _at_least_fp32(mask_logits[index, labels][:, None]).sigmoid()
+
+
+def _at_least_fp32(x: Tensor) -> Tensor:
+    """bf16/fp16 -> fp32 (sigmoid and softmax of low-precision logits lose digits); else x."""
+    return x.float() if x.dtype in (torch.bfloat16, torch.float16) else x

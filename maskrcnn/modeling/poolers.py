@@ -41,6 +41,8 @@ def assign_levels(
         + torch.log2(sizes / canonical_box_size)
         + torch.tensor(eps, dtype=sizes.dtype)
     )
+    # A NaN box (a diverged run) goes to the finest level rather than to no level at all.
+    levels = torch.nan_to_num(levels, nan=float(min_level))
     return (levels.clamp(min=min_level, max=max_level) - min_level).to(torch.int64)
 
 

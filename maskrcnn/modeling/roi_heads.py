@@ -149,7 +149,7 @@ class RoIHeads(nn.Module):
         labels = torch.cat([d.labels for d in detections])
         if labels.numel() > 0:
             mask_features = self._shared(self.mask_pooler(features, detected_boxes))
-            mask_logits = self.mask_head(mask_features).float()
+            mask_logits = self.mask_head(mask_features)
             mask_probs = mask_probs_for_labels(mask_logits, labels, loss=self.mask_cfg.loss)
         else:
             # The deconvolution doubles the pooled size; C4's res5 halves it first.
