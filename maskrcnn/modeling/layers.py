@@ -162,9 +162,10 @@ def conv_relu(x: Tensor, layer: nn.Module, *, residual: Tensor | None = None) ->
     In CPU inference one oneDNN convolution with the addition and the ReLU as post-ops (norm
     folded in, as :meth:`ConvNorm.forward` folds it): no separate passes over the output for
     the ReLU and the residual add, which at bf16 speeds cost as much as a third of the
-    convolutions themselves. The fused op has no autograd and no ONNX form, so it is used only
-    when no gradient is recorded and not while tracing; under bf16 autocast its inputs are cast
-    as autocast would cast them. Elsewhere, the plain layers.
+    convolutions themselves. In bf16 training the same fused forward runs, with ReLU's and the
+    convolution's own backward (the ReLU's mask from the saved output, as ``relu`` does). Not
+    while tracing (no ONNX form); under bf16 autocast its inputs are cast as autocast would
+    cast them. Elsewhere (GroupNorm, BatchNorm in training, CUDA), the plain layers.
 
     Args:
         x: [N, C_in, H, W].
@@ -175,6 +176,10 @@ def conv_relu(x: Tensor, layer: nn.Module, *, residual: Tensor | None = None) ->
         [N, C_out, H', W'].
     """
     fused = _fused_conv_args(x, layer) if isinstance(layer, ConvNorm) else None
+    if fused is not None and fused[0].dtype == torch.float32 and _needs_grad(x, residual, *fused):
+        # fp32 training keeps the plain ops: at one image oneDNN's fused kernel rounds unlike
+        # its kernel for two (2e-6), and DDP over one-image ranks is to match one process.
+        fused = None
     if fused is None:
         out: Tensor = layer(x)
         out = out if residual is None else out.add_(residual)
@@ -182,13 +187,80 @@ def conv_relu(x: Tensor, layer: nn.Module, *, residual: Tensor | None = None) ->
     x, weight, bias = fused
     assert isinstance(layer, ConvNorm)
     conv = layer.conv
-    args = (conv.padding, conv.stride, conv.dilation, conv.groups)
+    padding = conv.padding
+    assert not isinstance(padding, str)  # _fused_conv_args refused string padding
+    geometry = (tuple(padding), tuple(conv.stride), tuple(conv.dilation), conv.groups)
+    other = None if residual is None else residual.to(x.dtype)
+    if not _needs_grad(x, weight, bias, other):
+        return _conv_add_relu(x, weight, bias, other, geometry)
+    fused_out: Tensor = _ConvAddReLU.apply(x, weight, bias, other, geometry)
+    return fused_out
+
+
+def _needs_grad(*tensors: Tensor | None) -> bool:
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
+def _conv_add_relu(
+    x: Tensor,
+    weight: Tensor,
+    bias: Tensor | None,
+    residual: Tensor | None,
+    geometry: tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...], int],
+) -> Tensor:
+    """``relu(conv(x, weight, bias) + residual)``: one oneDNN convolution with post-ops."""
+    padding, stride, dilation, groups = geometry
     pointwise = torch.ops.mkldnn._convolution_pointwise
+    args = (list(padding), list(stride), list(dilation), groups)
+    y: Tensor
     if residual is None:
-        y: Tensor = pointwise(x, weight, bias, *args, "relu", [], "")
-        return y
-    y = pointwise.binary(x, residual.to(x.dtype), weight, bias, *args, "add", None, "relu", [], "")
+        y = pointwise(x, weight, bias, *args, "relu", [], "")
+    else:
+        y = pointwise.binary(x, residual, weight, bias, *args, "add", None, "relu", [], "")
     return y
+
+
+class _ConvAddReLU(torch.autograd.Function):
+    """:func:`_conv_add_relu` with autograd: the fused forward, then ReLU's and the conv's
+    own backward (``threshold_backward`` on the saved output, ``convolution_backward``)."""
+
+    @staticmethod
+    def forward(
+        ctx: Any,
+        x: Tensor,
+        weight: Tensor,
+        bias: Tensor | None,
+        residual: Tensor | None,
+        geometry: tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...], int],
+    ) -> Tensor:
+        y = _conv_add_relu(x, weight, bias, residual, geometry)
+        ctx.save_for_backward(x, weight, y)
+        ctx.geometry = geometry
+        ctx.has_bias = bias is not None
+        ctx.has_residual = residual is not None
+        return y
+
+    @staticmethod
+    def backward(ctx: Any, grad_y: Tensor) -> tuple[Tensor | None, ...]:
+        x, weight, y = ctx.saved_tensors
+        padding, stride, dilation, groups = ctx.geometry
+        grad = torch.ops.aten.threshold_backward(grad_y, y, 0)  # relu'(pre-activation)
+        needs_x, needs_w, needs_b, needs_r = ctx.needs_input_grad[:4]
+        grad_x, grad_w, grad_b = torch.ops.aten.convolution_backward(
+            grad,
+            x,
+            weight,
+            [weight.shape[0]] if ctx.has_bias else None,
+            list(stride),
+            list(padding),
+            list(dilation),
+            False,
+            [0] * len(padding),
+            groups,
+            [needs_x, needs_w, needs_b and ctx.has_bias],
+        )
+        grad_r = grad if ctx.has_residual and needs_r else None
+        return grad_x, grad_w, grad_b if ctx.has_bias else None, grad_r, None
 
 
 def _fused_conv_args(x: Tensor, layer: ConvNorm) -> tuple[Tensor, Tensor, Tensor | None] | None:
@@ -197,7 +269,6 @@ def _fused_conv_args(x: Tensor, layer: ConvNorm) -> tuple[Tensor, Tensor, Tensor
     if (
         x.device.type != "cpu"
         or x.dim() != 4
-        or torch.is_grad_enabled()
         or torch.jit.is_tracing()  # type: ignore[no-untyped-call]  # no ONNX form
         or torch.jit.is_scripting()
         or conv.padding_mode != "zeros"
