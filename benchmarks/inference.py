@@ -149,10 +149,38 @@ def matmul_rate(dtype: torch.dtype) -> float:
     return max(mm, onednn)
 
 
-def count_flops(model: nn.Module, images: list[torch.Tensor]) -> int:
+def _fused_conv_flops(*args, out_shape=None, **kwargs) -> int:
+    """mkldnn::_convolution_pointwise (X, W, B, ...) and its .binary (X, other, W, B, ...)."""
+    from torch.utils.flop_counter import conv_flop_count
+
+    x, second, third = args[:3]
+    weight = third if third is not None and len(third) == 4 else second  # binary: W third
+    return conv_flop_count(list(x), list(weight), list(out_shape))
+
+
+def _fused_linear_flops(x, weight, *args, out_shape=None, **kwargs) -> int:
+    """mkldnn::_linear_pointwise (X [..., K], W [N, K], ...): 2 * rows * K * N."""
+    rows = 1
+    for size in x[:-1]:
+        rows *= size
+    return 2 * rows * x[-1] * weight[0]
+
+
+def flop_counter():
+    """``FlopCounterMode`` that also counts our fused oneDNN ops (conv + add + ReLU,
+    ``maskrcnn.modeling.layers.conv_relu``; linear + ReLU, ``linear_relu``), which it has no
+    formula for."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    with FlopCounterMode(display=False) as counter, torch.no_grad():
+    mapping = {
+        torch.ops.mkldnn._convolution_pointwise: _fused_conv_flops,
+        torch.ops.mkldnn._linear_pointwise: _fused_linear_flops,
+    }
+    return FlopCounterMode(display=False, custom_mapping=mapping)
+
+
+def count_flops(model: nn.Module, images: list[torch.Tensor]) -> int:
+    with flop_counter() as counter, torch.no_grad():
         model(images)
     return counter.get_total_flops()
 
@@ -248,6 +276,9 @@ def main() -> None:
                 assert len(out[0]["boxes"]) == 100
                 del out
 
+    # The stage totals of the timed runs alone (the checks below run the models again).
+    stage_totals = {name: dict(timer.totals) for name, (_, timer) in runners.items()}
+
     # Counted on torchvision's model: the same network, and all of its ops are visible to the
     # counter (our fused oneDNN linear is not).
     flops = count_flops(reference, images)
@@ -289,12 +320,9 @@ def main() -> None:
     print("|---|" + "---|" * len(runners))
     for stage in STAGES:
         cells = []
-        for name, (_, timer) in runners.items():
-            total = sum(times[name])
-            cells.append(
-                f"{timer.totals[stage] / args.reps * 1000:.0f} ms "
-                f"({100 * timer.totals[stage] / total:.0f}%)"
-            )
+        for name in runners:
+            total, spent = sum(times[name]), stage_totals[name].get(stage, 0.0)
+            cells.append(f"{spent / args.reps * 1000:.0f} ms ({100 * spent / total:.0f}%)")
         print(f"| {stage} | " + " | ".join(cells) + " |")
 
 

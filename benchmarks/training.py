@@ -27,7 +27,14 @@ import time
 
 import torch
 from demo_vs_torchvision import build_reference
-from inference import StageTimer, matmul_rate, our_stages, peak_rss_mb, reset_peak_rss
+from inference import (
+    StageTimer,
+    flop_counter,
+    matmul_rate,
+    our_stages,
+    peak_rss_mb,
+    reset_peak_rss,
+)
 from torch import nn
 from torchvision.models.detection import MaskRCNN
 from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
@@ -131,9 +138,7 @@ class Runner:
         self.shares.append({k: v / total for k, v in parts.items()})
 
     def flops(self, images, targets) -> int:
-        from torch.utils.flop_counter import FlopCounterMode
-
-        with FlopCounterMode(display=False) as counter:
+        with flop_counter() as counter:
             loss = self.forward(images, targets)
             loss.backward()
         self.optimizer.zero_grad()
