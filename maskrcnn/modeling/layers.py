@@ -197,6 +197,10 @@ def conv_relu(x: Tensor, layer: nn.Module, *, residual: Tensor | None = None) ->
     return fused_out
 
 
+# padding, stride, dilation, groups of a convolution
+ConvGeometry = tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...], int]
+
+
 def _needs_grad(*tensors: Tensor | None) -> bool:
     return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
@@ -206,7 +210,7 @@ def _conv_add_relu(
     weight: Tensor,
     bias: Tensor | None,
     residual: Tensor | None,
-    geometry: tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...], int],
+    geometry: ConvGeometry,
 ) -> Tensor:
     """``relu(conv(x, weight, bias) + residual)``: one oneDNN convolution with post-ops."""
     padding, stride, dilation, groups = geometry
@@ -231,7 +235,7 @@ class _ConvAddReLU(torch.autograd.Function):
         weight: Tensor,
         bias: Tensor | None,
         residual: Tensor | None,
-        geometry: tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...], int],
+        geometry: ConvGeometry,
     ) -> Tensor:
         y = _conv_add_relu(x, weight, bias, residual, geometry)
         ctx.save_for_backward(x, weight, y)
