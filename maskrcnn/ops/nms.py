@@ -41,8 +41,14 @@ def batched_nms_topk(
     num_boxes = boxes.shape[0]
     if num_boxes == 0 or max_keep <= 0:
         return torch.empty(0, dtype=torch.int64, device=boxes.device)
-    if boxes.dtype not in (torch.float32, torch.float64) or num_boxes >= 2**24:
-        full: Tensor = batched_nms(boxes, scores, idxs, iou_threshold)  # a ramp would not be exact
+    # On a GPU torchvision's one-kernel batched NMS beats a walk with a sync per chunk; the
+    # ramp below needs exact integers in the boxes' dtype.
+    if (
+        boxes.device.type != "cpu"
+        or boxes.dtype not in (torch.float32, torch.float64)
+        or (num_boxes >= 2**24)
+    ):
+        full: Tensor = batched_nms(boxes, scores, idxs, iou_threshold)
         return full[:max_keep]
     order = torch.sort(scores, descending=True, stable=True).indices  # [N]
     kept: list[Tensor] = []  # chunks of positions in `order`, ascending
