@@ -191,8 +191,7 @@ def conv_relu(x: Tensor, layer: nn.Module, *, residual: Tensor | None = None) ->
     assert not isinstance(padding, str)  # _fused_conv_args refused string padding
     geometry = (tuple(padding), tuple(conv.stride), tuple(conv.dilation), conv.groups)
     other = None if residual is None else residual.to(x.dtype)
-    if not _needs_grad(x, weight, bias, other):
-        return _conv_add_relu(x, weight, bias, other, geometry)
+    # Without a gradient to record, apply() runs the fused forward alone (no graph node).
     fused_out: Tensor = _ConvAddReLU.apply(x, weight, bias, other, geometry)
     return fused_out
 
@@ -205,28 +204,10 @@ def _needs_grad(*tensors: Tensor | None) -> bool:
     return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
-def _conv_add_relu(
-    x: Tensor,
-    weight: Tensor,
-    bias: Tensor | None,
-    residual: Tensor | None,
-    geometry: ConvGeometry,
-) -> Tensor:
-    """``relu(conv(x, weight, bias) + residual)``: one oneDNN convolution with post-ops."""
-    padding, stride, dilation, groups = geometry
-    pointwise = torch.ops.mkldnn._convolution_pointwise
-    args = (list(padding), list(stride), list(dilation), groups)
-    y: Tensor
-    if residual is None:
-        y = pointwise(x, weight, bias, *args, "relu", [], "")
-    else:
-        y = pointwise.binary(x, residual, weight, bias, *args, "add", None, "relu", [], "")
-    return y
-
-
 class _ConvAddReLU(torch.autograd.Function):
-    """:func:`_conv_add_relu` with autograd: the fused forward, then ReLU's and the conv's
-    own backward (``threshold_backward`` on the saved output, ``convolution_backward``)."""
+    """``relu(conv(x, weight, bias) + residual)`` as one oneDNN convolution with post-ops; its
+    backward is ReLU's and the conv's own (``threshold_backward`` on the saved output, then
+    ``convolution_backward``)."""
 
     @staticmethod
     def forward(
@@ -237,7 +218,14 @@ class _ConvAddReLU(torch.autograd.Function):
         residual: Tensor | None,
         geometry: ConvGeometry,
     ) -> Tensor:
-        y = _conv_add_relu(x, weight, bias, residual, geometry)
+        padding, stride, dilation, groups = geometry
+        pointwise = torch.ops.mkldnn._convolution_pointwise
+        args = (list(padding), list(stride), list(dilation), groups)
+        y: Tensor
+        if residual is None:
+            y = pointwise(x, weight, bias, *args, "relu", [], "")
+        else:
+            y = pointwise.binary(x, residual, weight, bias, *args, "add", None, "relu", [], "")
         ctx.save_for_backward(x, weight, y)
         ctx.geometry = geometry
         ctx.has_bias = bias is not None

@@ -46,12 +46,11 @@ def batched_nms_topk(
     if (
         boxes.device.type != "cpu"
         or boxes.dtype not in (torch.float32, torch.float64)
-        or (num_boxes >= 2**24)
+        or num_boxes >= 2**24
     ):
         full: Tensor = batched_nms(boxes, scores, idxs, iou_threshold)
         return full[:max_keep]
     order = torch.sort(scores, descending=True, stable=True).indices  # [N]
-    kept: list[Tensor] = []  # chunks of positions in `order`, ascending
     kept_by_class: dict[int, Tensor] = {}  # class -> positions in `order` kept so far
     num_kept = 0
     start, chunk = 0, max(2 * max_keep, 256)
@@ -60,7 +59,6 @@ def batched_nms_topk(
         stop = min(num_boxes, start + chunk)
         positions = torch.arange(start, stop, device=boxes.device)
         chunk_idxs = sorted_idxs[start:stop]
-        survivors = []
         for cls in torch.unique(chunk_idxs).tolist():
             mine = positions[chunk_idxs == cls]
             before = kept_by_class.get(cls)
@@ -70,13 +68,8 @@ def batched_nms_topk(
             # the class's kept boxes exactly as in the full run.
             ramp = torch.arange(both.numel(), 0, -1, dtype=boxes.dtype, device=boxes.device)
             local = nms(boxes[order[both]], ramp, iou_threshold)
-            keep = both[local]
-            kept_by_class[cls] = keep
-            if before is not None:
-                keep = keep[keep >= start]
-            survivors.append(keep)
-        new = torch.sort(torch.cat(survivors)).values
-        kept.append(new)
-        num_kept += new.numel()
+            kept_by_class[cls] = both[local]
+            num_kept += local.numel() - (0 if before is None else before.numel())
         start, chunk = stop, 2 * chunk
-    return order[torch.cat(kept)[:max_keep]]
+    kept = torch.sort(torch.cat(list(kept_by_class.values()))).values  # descending score
+    return order[kept[:max_keep]]
